@@ -1,0 +1,1 @@
+//! ciak's engine: loading checkpoints, schedulers, the text-to-video pipeline, typed errors.

@@ -1,0 +1,3 @@
+pub mod transformer;
+pub mod vae;
+pub mod umt5;

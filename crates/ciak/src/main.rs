@@ -1,0 +1,3 @@
+fn main() {
+    println!("ciak {}", env!("CARGO_PKG_VERSION"));
+}
