@@ -1,1 +1,3 @@
 //! ciak's engine: loading checkpoints, schedulers, the text-to-video pipeline, typed errors.
+pub mod error;
+pub mod loader;
