@@ -1,3 +1,5 @@
 //! ciak's engine: loading checkpoints, schedulers, the text-to-video pipeline, typed errors.
 pub mod error;
 pub mod loader;
+pub mod model_dir;
+pub mod scheduler;
