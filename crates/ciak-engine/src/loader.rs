@@ -182,3 +182,23 @@ pub fn weights_error(component: &str, dir: &Path) -> impl FnOnce(candle_core::Er
     let (component, dir) = (component.to_string(), dir.to_path_buf());
     move |e| CiakError::Weights { component, dir, message: e.to_string() }
 }
+
+/// True when stored keys use the original Wan (non-diffusers) names, e.g. `blocks.0.self_attn.q`.
+pub fn is_original_wan_transformer(names: &[String]) -> bool {
+    names.iter().any(|n| {
+        let n = n.strip_prefix("model.diffusion_model.").unwrap_or(n);
+        n.contains(".self_attn.") || n.starts_with("head.") || n.starts_with("time_embedding.")
+    })
+}
+
+/// The transformer's weights: diffusers names as stored, or original Wan names renamed through
+/// the one table in `rename` so models only ever see diffusers names.
+pub fn load_transformer_varbuilder(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let checkpoint = Checkpoint::open(dir)?;
+    let checkpoint = if is_original_wan_transformer(&checkpoint.names()) {
+        checkpoint.with_renames(crate::rename::original_to_diffusers_transformer)
+    } else {
+        checkpoint
+    };
+    Ok(varbuilder(checkpoint, dtype, device))
+}

@@ -1,0 +1,272 @@
+//! Text to video with a Wan checkpoint: encode the prompts, denoise seeded noise with
+//! classifier-free guidance, decode with the VAE. Mirrors diffusers' `WanPipeline.__call__`.
+use crate::error::{CiakError, Result};
+use crate::loader::{load_varbuilder, read_config, weights_error};
+use crate::model_dir::WanModelDir;
+use crate::noise;
+use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::text::{PromptTokens, TextEncoder};
+use candle_core::{DType, Device, Tensor};
+use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use ciak_models::wan::vae::{AutoencoderKLWan, AutoencoderKLWanConfig, TileConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where and in which precision each component runs. diffusers runs the VAE in f32 even when the
+/// transformer and text encoder are bf16; so do we by default.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+    pub vae_dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32 }
+    }
+}
+
+/// One clip to render. `frames` must be 1+4k and the size a multiple of 16 (VAE 8x, patch 2x).
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale; guidance is applied when it is above 1, as in diffusers.
+    pub guidance: f64,
+    /// Replaces the checkpoint scheduler's flow shift.
+    pub shift: Option<f64>,
+    /// Replaces the checkpoint scheduler's family (same shift and training timesteps).
+    pub scheduler: Option<SchedulerKind>,
+    pub seed: u64,
+    /// Spatially tiled VAE decode (bounded memory at large sizes).
+    pub vae_tiling: Option<TileConfig>,
+}
+
+impl GenerateRequest {
+    /// diffusers' WanPipeline defaults (480x832, 81 frames, 50 steps, guidance 5).
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            width: 832,
+            height: 480,
+            frames: 81,
+            steps: 50,
+            guidance: 5.0,
+            shift: None,
+            scheduler: None,
+            seed: 0,
+            vae_tiling: None,
+        }
+    }
+}
+
+/// What the pipeline is doing, reported through the progress callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    EncodingText,
+    /// `step` of `total` finished after `elapsed` in the denoising loop.
+    Denoising { step: usize, total: usize, elapsed: Duration },
+    Decoding,
+    Done,
+}
+
+impl Progress {
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Progress::EncodingText => "encoding text",
+            Progress::Denoising { .. } => "denoising",
+            Progress::Decoding => "decoding",
+            Progress::Done => "done",
+        }
+    }
+}
+
+/// A rendered clip and how it was made.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// [F, H, W, 3] f32 in [0, 1].
+    pub frames: Tensor,
+    /// Final latents [1, C, F', H/8, W/8] (f32) before the VAE.
+    pub latents: Tensor,
+    pub prompt_tokens: PromptTokens,
+    /// Wall time per stage: ("text", ..), ("denoise", ..), ("decode", ..).
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+pub struct WanPipeline {
+    pub text_encoder: TextEncoder,
+    pub transformer: WanTransformer3DModel,
+    pub vae: AutoencoderKLWan,
+    pub scheduler: SchedulerConfig,
+    device: Device,
+}
+
+impl WanPipeline {
+    /// Loads every component of a diffusers Wan folder through the checkpoint loader.
+    pub fn load(dir: &WanModelDir, opts: &LoadOptions) -> Result<Self> {
+        let _span = tracing::info_span!("load", model = %dir.root.display()).entered();
+        let text_encoder = TextEncoder::load(&dir.tokenizer_json(), &dir.text_encoder, opts.dtype, &opts.device)?;
+        let cfg: WanTransformerConfig = read_config(&dir.transformer)?;
+        let vb = crate::loader::load_transformer_varbuilder(&dir.transformer, opts.dtype, &opts.device)?;
+        let transformer = WanTransformer3DModel::new(&cfg, vb).map_err(weights_error("transformer", &dir.transformer))?;
+        let vae_cfg: AutoencoderKLWanConfig = read_config(&dir.vae)?;
+        let vb = load_varbuilder(&dir.vae, opts.vae_dtype, &opts.device)?;
+        let vae = AutoencoderKLWan::new(&vae_cfg, vb).map_err(weights_error("vae", &dir.vae))?;
+        let scheduler = SchedulerConfig::load(&dir.scheduler)?;
+        Ok(Self { text_encoder, transformer, vae, scheduler, device: opts.device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Pixels per latent cell times the patch size: sizes must be multiples of this.
+    pub fn size_multiple(&self) -> usize {
+        self.vae.config().spatial_ratio() * self.transformer.config().patch_size[1]
+    }
+
+    /// Checks a request before any work, with errors that say what was expected.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let m = self.size_multiple();
+        let t = self.vae.config().temporal_ratio();
+        let bad = |msg: String| Err(CiakError::InvalidRequest(msg));
+        for (name, v) in [("width", req.width), ("height", req.height)] {
+            if v == 0 || v % m != 0 {
+                let lo = (v / m * m).max(m);
+                return bad(format!("expected {name} a multiple of {m}, got {v} (nearest valid: {lo} or {})", lo + m));
+            }
+        }
+        if req.frames == 0 || (req.frames - 1) % t != 0 {
+            let lo = (req.frames.max(1) - 1) / t * t + 1;
+            return bad(format!("expected frames = 1+{t}k, got {} (nearest valid: {lo} or {})", req.frames, lo + t));
+        }
+        if req.steps == 0 {
+            return bad("expected steps >= 1, got 0".into());
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 {
+            return bad(format!("expected a guidance scale >= 0, got {}", req.guidance));
+        }
+        if let Some(shift) = req.shift {
+            if !shift.is_finite() || shift <= 0.0 {
+                return bad(format!("expected a shift > 0, got {shift}"));
+            }
+        }
+        if req.prompt.trim().is_empty() {
+            return bad("expected a prompt, got an empty one".into());
+        }
+        Ok(())
+    }
+
+    /// Shape of the initial noise for a request: [1, C, 1+(F-1)/4, H/8, W/8].
+    pub fn latent_shape(&self, req: &GenerateRequest) -> (usize, usize, usize, usize, usize) {
+        let s = self.vae.config().spatial_ratio();
+        let t = self.vae.config().temporal_ratio();
+        let c = self.transformer.config().in_channels;
+        (1, c, (req.frames - 1) / t + 1, req.height / s, req.width / s)
+    }
+
+    /// Renders a clip from the request's seed.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Generated> {
+        self.validate(req)?;
+        let latents = noise::gaussian(req.seed, self.latent_shape(req), &self.device)?;
+        self.generate_from_latents(req, latents, progress, cancel)
+    }
+
+    /// Renders a clip from given initial latents (the request's seed is not used).
+    pub fn generate_from_latents(
+        &self,
+        req: &GenerateRequest,
+        latents: Tensor,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Generated> {
+        self.validate(req)?;
+        let check_cancel = |stage: &str| match cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(CiakError::Cancelled { stage: stage.to_string() }),
+            _ => Ok(()),
+        };
+        let expected = self.latent_shape(req);
+        if latents.dims5()? != expected {
+            return Err(CiakError::InvalidRequest(format!(
+                "expected initial latents of shape {expected:?}, got {:?}",
+                latents.dims()
+            )));
+        }
+        let mut timings = Vec::new();
+        let do_cfg = req.guidance > 1.0;
+
+        check_cancel("encoding text")?;
+        progress(&Progress::EncodingText);
+        let start = Instant::now();
+        let mut prompts = vec![req.prompt.clone()];
+        if do_cfg {
+            prompts.push(req.negative_prompt.clone());
+        }
+        let encoded = self.text_encoder.encode(&prompts)?;
+        let dtype = self.transformer.dtype();
+        let context = encoded.prompt_embeds.to_dtype(dtype)?;
+        timings.push(("text", start.elapsed()));
+
+        let start = Instant::now();
+        let config = match req.scheduler {
+            Some(kind) => self.scheduler.with_kind(kind),
+            None => self.scheduler.clone(),
+        };
+        let mut scheduler = config.build(req.steps, req.shift)?;
+        let mut latents = latents.to_dtype(DType::F32)?;
+        let total = scheduler.len();
+        for i in 0..total {
+            check_cancel("denoising")?;
+            let _span = tracing::info_span!("step", i, total).entered();
+            let t = scheduler.timesteps()[i];
+            let x = latents.to_dtype(dtype)?;
+            let velocity = if do_cfg {
+                // Both guidance branches in one batch: same math as two passes, one weight read.
+                let x2 = Tensor::cat(&[&x, &x], 0)?;
+                let t2 = Tensor::new(&[t as f32, t as f32], &self.device)?;
+                let v = self.transformer.forward(&x2, &t2, &context, None)?.to_dtype(DType::F32)?;
+                let (cond, uncond) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
+                (&uncond + ((cond - &uncond)? * req.guidance)?)?
+            } else {
+                let t1 = Tensor::new(&[t as f32], &self.device)?;
+                self.transformer.forward(&x, &t1, &context, None)?.to_dtype(DType::F32)?
+            };
+            latents = scheduler.step(&velocity, i, &latents)?;
+            progress(&Progress::Denoising { step: i + 1, total, elapsed: start.elapsed() });
+        }
+        timings.push(("denoise", start.elapsed()));
+
+        check_cancel("decoding")?;
+        progress(&Progress::Decoding);
+        let start = Instant::now();
+        let frames = self.decode(&latents, req.vae_tiling.as_ref())?;
+        timings.push(("decode", start.elapsed()));
+        progress(&Progress::Done);
+        Ok(Generated { frames, latents, prompt_tokens: encoded.prompts[0], timings })
+    }
+
+    /// Latents to frames: un-normalise, VAE decode (tiled if asked), map [-1, 1] to [0, 1].
+    ///
+    /// Shapes: latents [1, C, F', h, w] -> [F, H, W, 3] f32.
+    pub fn decode(&self, latents: &Tensor, tiling: Option<&TileConfig>) -> Result<Tensor> {
+        let _span = tracing::info_span!("vae_decode").entered();
+        let z = self.vae.denormalize_latents(&latents.to_dtype(self.vae.dtype())?)?;
+        let video = match tiling {
+            Some(tiles) => self.vae.decode_tiled(&z, tiles)?,
+            None => self.vae.decode(&z)?,
+        };
+        let video = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+        Ok(video.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?)
+    }
+}
