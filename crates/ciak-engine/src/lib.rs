@@ -3,3 +3,4 @@ pub mod error;
 pub mod loader;
 pub mod model_dir;
 pub mod scheduler;
+pub mod text;

@@ -1,8 +1,8 @@
 //! UMT5 encoder (the Wan text encoder), following transformers' `UMT5EncoderModel`.
 //!
-//! Precision follows transformers: RMSNorm statistics, softmax and the residual stream in f32,
-//! projections in the weight dtype, and the FFN output projection `wo` kept in f32
-//! (`_keep_in_fp32_modules = ["wo"]`).
+//! Precision: RMSNorm statistics, softmax, the gated activation and the residual stream in f32;
+//! projections in the weight dtype, except `wo` which is kept f32 under f16 as transformers does
+//! (`_keep_in_fp32_modules = ["wo"]`, applied to f16 loads only).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -206,20 +206,21 @@ struct Umt5DenseGatedActDense {
 
 impl Umt5DenseGatedActDense {
     fn new(cfg: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+        // transformers keeps `wo` in f32 for f16 loads only (its output overflows f16); bf16 stays bf16.
+        let wo_dtype = if vb.dtype() == DType::F16 { DType::F32 } else { vb.dtype() };
         Ok(Self {
             wi_0: candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?,
             wi_1: candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?,
-            // transformers keeps `wo` in f32 whatever the load dtype (avoids overflow in half types).
-            wo: candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo").to_dtype(DType::F32))?,
+            wo: candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo").to_dtype(wo_dtype))?,
             act: Activation::from_name(&cfg.dense_act_fn)?,
         })
     }
 
-    /// Returns f32.
+    /// Returns the `wo` dtype.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate = self.act.forward(&self.wi_0.forward(xs)?.to_dtype(DType::F32)?)?;
         let lin = self.wi_1.forward(xs)?.to_dtype(DType::F32)?;
-        self.wo.forward(&(gate * lin)?)
+        self.wo.forward(&(gate * lin)?.to_dtype(self.wo.weight().dtype())?)
     }
 }
 
@@ -249,7 +250,7 @@ impl Umt5Block {
         let h = self.attn.forward(&self.attn_norm.forward(xs)?, buckets, mask_bias)?;
         let xs = (xs + h.to_dtype(DType::F32)?)?;
         let h = self.ff.forward(&self.ff_norm.forward(&xs)?)?;
-        xs + h
+        xs + h.to_dtype(DType::F32)?
     }
 }
 
