@@ -4,3 +4,4 @@ pub mod loader;
 pub mod model_dir;
 pub mod scheduler;
 pub mod text;
+pub mod rename;

@@ -1,3 +1,5 @@
 pub mod transformer;
 pub mod vae;
 pub mod umt5;
+pub mod attention;
+pub mod rope;
