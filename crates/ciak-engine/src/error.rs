@@ -39,6 +39,10 @@ pub enum CiakError {
     #[error("cancelled at {stage}")]
     Cancelled { stage: String },
 
+    /// Writing or reading a video (bad frames, encoder, muxer, demuxer, decoder); names the file.
+    #[error("video {}: {message}", .path.display())]
+    Video { path: PathBuf, message: String },
+
     #[error("{}: {source}", .path.display())]
     Io { path: PathBuf, source: std::io::Error },
 

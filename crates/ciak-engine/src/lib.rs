@@ -5,3 +5,4 @@ pub mod model_dir;
 pub mod scheduler;
 pub mod text;
 pub mod rename;
+pub mod video;
