@@ -4,5 +4,8 @@ pub mod loader;
 pub mod model_dir;
 pub mod scheduler;
 pub mod text;
+pub mod noise;
 pub mod rename;
+pub mod pipeline;
+pub mod recipe;
 pub mod video;

@@ -126,49 +126,24 @@ impl WanPipeline {
         &self.device
     }
 
+    /// The model's size and frame constraints.
+    pub fn geometry(&self) -> Geometry {
+        Geometry::new(self.transformer.config(), self.vae.config())
+    }
+
     /// Pixels per latent cell times the patch size: sizes must be multiples of this.
     pub fn size_multiple(&self) -> usize {
-        self.vae.config().spatial_ratio() * self.transformer.config().patch_size[1]
+        self.geometry().size_multiple()
     }
 
     /// Checks a request before any work, with errors that say what was expected.
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
-        let m = self.size_multiple();
-        let t = self.vae.config().temporal_ratio();
-        let bad = |msg: String| Err(CiakError::InvalidRequest(msg));
-        for (name, v) in [("width", req.width), ("height", req.height)] {
-            if v == 0 || v % m != 0 {
-                let lo = (v / m * m).max(m);
-                return bad(format!("expected {name} a multiple of {m}, got {v} (nearest valid: {lo} or {})", lo + m));
-            }
-        }
-        if req.frames == 0 || (req.frames - 1) % t != 0 {
-            let lo = (req.frames.max(1) - 1) / t * t + 1;
-            return bad(format!("expected frames = 1+{t}k, got {} (nearest valid: {lo} or {})", req.frames, lo + t));
-        }
-        if req.steps == 0 {
-            return bad("expected steps >= 1, got 0".into());
-        }
-        if !req.guidance.is_finite() || req.guidance < 0.0 {
-            return bad(format!("expected a guidance scale >= 0, got {}", req.guidance));
-        }
-        if let Some(shift) = req.shift {
-            if !shift.is_finite() || shift <= 0.0 {
-                return bad(format!("expected a shift > 0, got {shift}"));
-            }
-        }
-        if req.prompt.trim().is_empty() {
-            return bad("expected a prompt, got an empty one".into());
-        }
-        Ok(())
+        self.geometry().validate(req)
     }
 
     /// Shape of the initial noise for a request: [1, C, 1+(F-1)/4, H/8, W/8].
     pub fn latent_shape(&self, req: &GenerateRequest) -> (usize, usize, usize, usize, usize) {
-        let s = self.vae.config().spatial_ratio();
-        let t = self.vae.config().temporal_ratio();
-        let c = self.transformer.config().in_channels;
-        (1, c, (req.frames - 1) / t + 1, req.height / s, req.width / s)
+        self.geometry().latent_shape(req)
     }
 
     /// Renders a clip from the request's seed.
@@ -268,5 +243,73 @@ impl WanPipeline {
         };
         let video = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
         Ok(video.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?)
+    }
+}
+
+/// What a model allows (size multiple, frame rhythm, latent channels), known from its configs
+/// alone so requests can be checked before any weight is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub spatial_ratio: usize,
+    pub temporal_ratio: usize,
+    pub patch: [usize; 3],
+    pub latent_channels: usize,
+}
+
+impl Geometry {
+    pub fn new(transformer: &WanTransformerConfig, vae: &AutoencoderKLWanConfig) -> Self {
+        Self {
+            spatial_ratio: vae.spatial_ratio(),
+            temporal_ratio: vae.temporal_ratio(),
+            patch: transformer.patch_size,
+            latent_channels: transformer.in_channels,
+        }
+    }
+
+    /// Reads the two configs of a model folder.
+    pub fn of_model(dir: &WanModelDir) -> Result<Self> {
+        let transformer: WanTransformerConfig = read_config(&dir.transformer)?;
+        let vae: AutoencoderKLWanConfig = read_config(&dir.vae)?;
+        Ok(Self::new(&transformer, &vae))
+    }
+
+    pub fn size_multiple(&self) -> usize {
+        self.spatial_ratio * self.patch[1].max(self.patch[2])
+    }
+
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let m = self.size_multiple();
+        let t = self.temporal_ratio;
+        let bad = |msg: String| Err(CiakError::InvalidRequest(msg));
+        for (name, v) in [("width", req.width), ("height", req.height)] {
+            if v == 0 || v % m != 0 {
+                let lo = (v / m * m).max(m);
+                return bad(format!("expected {name} a multiple of {m}, got {v} (nearest valid: {lo} or {})", lo + m));
+            }
+        }
+        if req.frames == 0 || (req.frames - 1) % t != 0 {
+            let lo = (req.frames.max(1) - 1) / t * t + 1;
+            return bad(format!("expected frames = 1+{t}k, got {} (nearest valid: {lo} or {})", req.frames, lo + t));
+        }
+        if req.steps == 0 {
+            return bad("expected steps >= 1, got 0".into());
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 {
+            return bad(format!("expected a guidance scale >= 0, got {}", req.guidance));
+        }
+        if let Some(shift) = req.shift {
+            if !shift.is_finite() || shift <= 0.0 {
+                return bad(format!("expected a shift > 0, got {shift}"));
+            }
+        }
+        if req.prompt.trim().is_empty() {
+            return bad("expected a prompt, got an empty one".into());
+        }
+        Ok(())
+    }
+
+    pub fn latent_shape(&self, req: &GenerateRequest) -> (usize, usize, usize, usize, usize) {
+        let (s, t) = (self.spatial_ratio, self.temporal_ratio);
+        (1, self.latent_channels, (req.frames - 1) / t + 1, req.height / s, req.width / s)
     }
 }

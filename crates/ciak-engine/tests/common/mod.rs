@@ -58,5 +58,8 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel_tol: f64) {
     let rel = err / scale.max(1e-30);
     eprintln!("{what}: max abs error {err:.3e}, scale {scale:.3e}, relative {rel:.3e} (tolerance {rel_tol:.1e})");
     assert!(scale > 0.0, "{what}: reference output is all zeros, the comparison would prove nothing");
-    assert!(rel <= rel_tol, "{what}: relative error {rel:.3e} exceeds {rel_tol:.1e} (max abs {err:.3e}, scale {scale:.3e})");
+    assert!(
+        rel <= rel_tol,
+        "{what}: relative error {rel:.3e} exceeds {rel_tol:.1e} (max abs {err:.3e}, scale {scale:.3e})"
+    );
 }

@@ -1,0 +1,322 @@
+//! `ciak generate`: prompt in, MP4 (plus recipe sidecar, optional PNG frames) out.
+use crate::options::{default_output_name, frames_for_seconds, parse_aspect, parse_size, size_for_aspect};
+use crate::progress::Reporter;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use ciak_engine::model_dir::{resolve_model_path, WanModelDir};
+use ciak_engine::pipeline::{GenerateRequest, Geometry, LoadOptions, WanPipeline};
+use ciak_engine::recipe::{weights_sha256, Recipe, StageTime};
+use ciak_engine::scheduler::SchedulerKind;
+use ciak_engine::video::{write_mp4, write_png_sequence, VideoFrames};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// What to show. Required unless --recipe gives it.
+    pub prompt: Option<String>,
+    /// A diffusers folder, or a Hugging Face id found in the local cache.
+    #[arg(long, env = "CIAK_MODEL")]
+    pub model: Option<String>,
+    /// Frame size as WIDTHxHEIGHT (multiples of 16).
+    #[arg(long, conflicts_with = "aspect")]
+    pub size: Option<String>,
+    /// Aspect ratio at the model's default area: 16:9, 9:16, 1:1, 2.39:1.
+    #[arg(long)]
+    pub aspect: Option<String>,
+    /// Clip length in seconds (rounded to the nearest 1+4k frames).
+    #[arg(long, conflicts_with = "frames")]
+    pub seconds: Option<f64>,
+    /// Number of frames, of the form 1+4k.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    #[arg(long, default_value_t = 16.0)]
+    pub fps: f64,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5.0)]
+    pub guidance: f64,
+    /// Flow shift (default: the checkpoint scheduler's).
+    #[arg(long)]
+    pub shift: Option<f64>,
+    /// unipc or euler (default: the checkpoint's scheduler).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Seed of the first clip (default: random, printed and recorded in the recipe).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// Render N clips from seeds seed, seed+1, ...
+    #[arg(long, default_value_t = 1)]
+    pub variations: usize,
+    /// f32, bf16 or f16 for the transformer and text encoder (the VAE stays f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu or cuda (cuda:N for another GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output MP4 (default: a name made from the prompt and seed).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the frames as PNGs into this folder.
+    #[arg(long)]
+    pub frames_dir: Option<PathBuf>,
+    /// Re-render the clip a recipe (JSON sidecar) describes; other flags override it.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// One JSON event per line on stderr instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+    /// Say more (e.g. token counts).
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => bail!("expected --dtype f32, bf16 or f16, got `{s}`"),
+    })
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").map(str::parse::<usize>).transpose()
+                .with_context(|| format!("expected --device cuda:N, got `{s}`"))?.unwrap_or(0);
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        _ => bail!("expected --device cpu or cuda, got `{s}`"),
+    }
+}
+
+/// Everything one run needs, resolved from flags (and a recipe) before any model work.
+struct Plan {
+    model: String,
+    prompt: String,
+    negative_prompt: String,
+    size: Option<(usize, usize)>,
+    aspect: Option<f64>,
+    frames: Option<usize>,
+    seconds: Option<f64>,
+    fps: f64,
+    steps: usize,
+    guidance: f64,
+    shift: Option<f64>,
+    scheduler: Option<SchedulerKind>,
+    seed: u64,
+    dtype: DType,
+}
+
+fn plan(args: &GenerateArgs) -> Result<Plan> {
+    let recipe = args.recipe.as_deref().map(Recipe::read).transpose()?;
+    let prompt = match (&args.prompt, &recipe) {
+        (Some(p), _) => p.clone(),
+        (None, Some(r)) => r.prompt.clone(),
+        (None, None) => bail!("expected a prompt: ciak generate \"a red ball moves right\""),
+    };
+    if prompt.trim().is_empty() {
+        bail!("expected a prompt, got an empty one");
+    }
+    let model = match (&args.model, &recipe) {
+        (Some(m), _) => m.clone(),
+        (None, Some(r)) => r.model.clone(),
+        (None, None) => bail!("expected --model FOLDER or a Hugging Face id (no built-in model ships yet)"),
+    };
+    let seed = args.seed.or(recipe.as_ref().map(|r| r.seed)).unwrap_or_else(random_seed);
+    let scheduler = match (&args.scheduler, &recipe) {
+        (Some(s), _) => Some(s.parse::<SchedulerKind>()?),
+        (None, Some(r)) => Some(r.scheduler.parse::<SchedulerKind>()?),
+        (None, None) => None,
+    };
+    if args.variations == 0 {
+        bail!("expected --variations >= 1, got 0");
+    }
+    if !(args.fps.is_finite() && args.fps > 0.0) {
+        bail!("expected --fps > 0, got {}", args.fps);
+    }
+    let r = recipe.as_ref();
+    Ok(Plan {
+        model,
+        prompt,
+        negative_prompt: if args.negative_prompt.is_empty() {
+            r.map(|r| r.negative_prompt.clone()).unwrap_or_default()
+        } else {
+            args.negative_prompt.clone()
+        },
+        size: args.size.as_deref().map(parse_size).transpose()?.or(r.map(|r| (r.width, r.height))),
+        aspect: args.aspect.as_deref().map(parse_aspect).transpose()?,
+        frames: args.frames.or(r.map(|r| r.frames)),
+        seconds: args.seconds,
+        fps: r.map(|r| r.fps).filter(|_| args.fps == 16.0).unwrap_or(args.fps),
+        steps: r.map(|r| r.steps).filter(|_| args.steps == 50).unwrap_or(args.steps),
+        guidance: r.map(|r| r.guidance).filter(|_| args.guidance == 5.0).unwrap_or(args.guidance),
+        shift: args.shift.or(r.map(|r| r.shift)),
+        scheduler,
+        seed,
+        dtype: parse_dtype(r.map(|r| r.dtype.as_str()).filter(|_| args.dtype == "f32").unwrap_or(&args.dtype))?,
+    })
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) >> 1
+}
+
+/// Fails early, before minutes of rendering, if the output cannot be written there.
+fn check_writable(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} already exists (pass --force to overwrite)", path.display());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    let probe = dir.join(format!(".ciak-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("cannot write into {}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let total_start = Instant::now();
+    let plan = plan(&args)?;
+    let device = parse_device(&args.device)?;
+    let root = resolve_model_path(&plan.model)?;
+    let dir = WanModelDir::open(&root)?;
+
+    // Outputs are named and checked before the model loads.
+    let seeds: Vec<u64> = (0..args.variations as u64).map(|i| plan.seed.wrapping_add(i)).collect();
+    let outputs: Vec<PathBuf> = seeds
+        .iter()
+        .map(|&seed| match (&args.output, args.variations) {
+            (Some(o), 1) => o.clone(),
+            (Some(o), _) => {
+                let stem = o.file_stem().and_then(|s| s.to_str()).unwrap_or("clip");
+                o.with_file_name(format!("{stem}-s{seed}.mp4"))
+            }
+            (None, _) => PathBuf::from(default_output_name(&plan.prompt, seed, "mp4")),
+        })
+        .collect();
+    for out in &outputs {
+        check_writable(out, args.force)?;
+        check_writable(&out.with_extension("json"), args.force)?;
+    }
+
+    // Requests are checked against the model's configs before any weight is read.
+    let geometry = Geometry::of_model(&dir)?;
+    let (width, height) = match (plan.size, plan.aspect) {
+        (Some(s), _) => s,
+        (None, Some(ratio)) => size_for_aspect((832, 480), ratio, geometry.size_multiple()),
+        (None, None) => (832, 480),
+    };
+    let frames = match (plan.frames, plan.seconds) {
+        (Some(f), _) => f,
+        (None, Some(s)) => frames_for_seconds(s, plan.fps, geometry.temporal_ratio)?,
+        (None, None) => 81,
+    };
+    if frames < 2 {
+        bail!("expected at least 2 frames for an MP4, got {frames} (try --frames 5)");
+    }
+    let request = |seed: u64, scheduler: Option<SchedulerKind>, shift: Option<f64>| GenerateRequest {
+        prompt: plan.prompt.clone(),
+        negative_prompt: plan.negative_prompt.clone(),
+        width,
+        height,
+        frames,
+        steps: plan.steps,
+        guidance: plan.guidance,
+        shift,
+        scheduler,
+        seed,
+        vae_tiling: None,
+    };
+    geometry.validate(&request(plan.seed, plan.scheduler, plan.shift))?;
+
+    let reporter = Reporter::new(args.json);
+    reporter.stage(1, seeds.len(), "loading model");
+    let load_start = Instant::now();
+    let pipe = WanPipeline::load(&dir, &LoadOptions { device, dtype: plan.dtype, vae_dtype: DType::F32 })?;
+    let load_time = load_start.elapsed();
+    let weights = weights_sha256(&root)?;
+    let scheduler_kind = plan.scheduler.unwrap_or_else(|| pipe.scheduler.kind());
+    let shift = plan.shift.unwrap_or_else(|| pipe.scheduler.shift());
+
+    for (i, (&seed, out)) in seeds.iter().zip(&outputs).enumerate() {
+        let clip = i + 1;
+        let req = request(seed, Some(scheduler_kind), Some(shift));
+        let result = pipe.generate(&req, &mut |p| reporter.report(clip, seeds.len(), p), None)?;
+        if result.prompt_tokens.truncated {
+            eprintln!(
+                "warning: the prompt needs {} tokens; the text encoder reads {}, so it was cut",
+                result.prompt_tokens.full_len, result.prompt_tokens.seq_len
+            );
+        } else if args.verbose {
+            eprintln!("prompt: {} tokens", result.prompt_tokens.seq_len);
+        }
+        reporter.stage(clip, seeds.len(), "writing");
+        let write_start = Instant::now();
+        let mut timings = vec![StageTime::new("load", load_time.as_secs_f64())];
+        timings.extend(result.timings.iter().map(|(k, d)| StageTime::new(*k, d.as_secs_f64())));
+        let mut recipe = Recipe {
+            model: plan.model.clone(),
+            weights_sha256: weights.clone(),
+            scheduler: scheduler_kind.to_string(),
+            steps: plan.steps,
+            shift,
+            guidance: plan.guidance,
+            seed,
+            width,
+            height,
+            frames,
+            fps: plan.fps,
+            prompt: plan.prompt.clone(),
+            negative_prompt: plan.negative_prompt.clone(),
+            dtype: dtype_name(plan.dtype).into(),
+            ciak_version: env!("CARGO_PKG_VERSION").into(),
+            timings,
+        };
+        let video = VideoFrames::from_tensor(&result.frames)?;
+        if let Some(frames_dir) = &args.frames_dir {
+            let dir = if seeds.len() > 1 { frames_dir.join(format!("s{seed}")) } else { frames_dir.clone() };
+            write_png_sequence(&video, &dir)?;
+        }
+        write_mp4(&video, plan.fps, out, Some(&recipe.to_json()))?;
+        recipe.timings.push(StageTime::new("write", write_start.elapsed().as_secs_f64()));
+        write_atomic(&out.with_extension("json"), recipe.to_json().as_bytes())?;
+        reporter.finish();
+        let summary: Vec<String> = recipe.timings.iter().map(|t| format!("{} {:.2} s", t.stage, t.seconds)).collect();
+        eprintln!("wrote {} ({}x{}, {} frames, seed {seed}): {}", out.display(), width, height, frames, summary.join(", "));
+        if args.json {
+            println!("{}", serde_json::json!({"event": "done", "output": out, "recipe": out.with_extension("json"), "seed": seed}));
+        }
+    }
+    eprintln!("total {:.2} s", total_start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.part");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

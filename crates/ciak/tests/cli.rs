@@ -1,0 +1,114 @@
+//! `ciak generate` as a user types it, on the tiny parity checkpoint (random weights: the clip is
+//! noise, but every byte of the path from prompt to MP4 is the real one).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny_model() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan");
+    assert!(p.is_dir(), "missing fixture {} (see tests/fixtures/README.md)", p.display());
+    p
+}
+
+fn ciak(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ciak")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn tiny_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["generate", "--model", model, "--size", "32x32", "--frames", "5", "--steps", "2"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn generate_writes_a_decodable_mp4_and_a_recipe_that_rerenders_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let out = ciak(dir.path(), &tiny_args(model, &["a red ball", "--seed", "7", "-o", "clip.mp4", "--frames-dir", "a"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = ciak_engine::video::read_mp4_info(&dir.path().join("clip.mp4")).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (32, 32, 5));
+    assert!((info.fps - 16.0).abs() < 1e-6, "{info:?}");
+
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("clip.json")).unwrap()).unwrap();
+    assert_eq!(recipe["seed"], 7);
+    assert_eq!(recipe["prompt"], "a red ball");
+    assert_eq!(recipe["weights_sha256"].as_str().unwrap().len(), 64);
+
+    // Same recipe, same frames, bit for bit.
+    let again = ciak(dir.path(), &["generate", "--recipe", "clip.json", "-o", "again.mp4", "--frames-dir", "b"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    for i in 0..5 {
+        let name = format!("frame_{i:05}.png");
+        let a = std::fs::read(dir.path().join("a").join(&name)).unwrap();
+        let b = std::fs::read(dir.path().join("b").join(&name)).unwrap();
+        assert_eq!(a, b, "frame {i} differs after re-rendering from the recipe");
+    }
+}
+
+#[test]
+fn without_output_the_name_comes_from_prompt_and_seed_and_nothing_is_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let first = ciak(dir.path(), &tiny_args(model, &["A red ball!", "--seed", "3", "--variations", "2"]));
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(dir.path().join("a-red-ball-s3.mp4").is_file() && dir.path().join("a-red-ball-s4.mp4").is_file());
+    let second = ciak(dir.path(), &tiny_args(model, &["A red ball!", "--seed", "3"]));
+    assert!(!second.status.success());
+    assert!(stderr(&second).contains("already exists (pass --force"), "{}", stderr(&second));
+    let forced = ciak(dir.path(), &tiny_args(model, &["A red ball!", "--seed", "3", "--force"]));
+    assert!(forced.status.success(), "{}", stderr(&forced));
+}
+
+#[test]
+fn bad_input_is_one_line_nonzero_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "--model", model, "--size", "40x32", "--frames", "5", "x", "-o", "o.mp4"], "expected width a multiple of 16, got 40 (nearest valid: 32 or 48)"),
+        (vec!["generate", "--model", model, "--size", "32x32", "--frames", "6", "x", "-o", "o.mp4"], "expected frames = 1+4k, got 6 (nearest valid: 5 or 9)"),
+        (vec!["generate", "--model", model, "--size", "32x32", "--frames", "5", "--steps", "0", "x", "-o", "o.mp4"], "expected steps >= 1, got 0"),
+        (tiny_args(model, &["x", "--fps", "many", "-o", "o.mp4"]), "invalid value 'many' for '--fps <FPS>'"),
+        (tiny_args(model, &["", "-o", "o.mp4"]), "expected a prompt, got an empty one"),
+        (tiny_args("no/such-model", &["x", "-o", "o.mp4"]), "model `no/such-model` not found; looked for"),
+        (tiny_args(model, &["x", "-o", "missing/dir/o.mp4"]), "does not exist"),
+        (vec!["generate", "--model", model, "--size", "big", "--frames", "5", "x", "-o", "o.mp4"], "expected --size WIDTHxHEIGHT"),
+        (tiny_args(model, &["x", "--dtype", "f64", "-o", "o.mp4"]), "expected --dtype f32, bf16 or f16, got `f64`"),
+        (tiny_args(model, &["x", "--scheduler", "ddim", "-o", "o.mp4"]), "expected scheduler unipc or euler, got `ddim`"),
+    ];
+    for (args, want) in cases {
+        let out = ciak(dir.path(), &args);
+        let err = stderr(&out);
+        assert!(matches!(out.status.code(), Some(1) | Some(2)), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: got `{err}`, wanted `{want}`");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} left files behind: {left:?}");
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_encoder_reads_is_cut_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let long = "a red ball moves right ".repeat(200);
+    let out = ciak(dir.path(), &tiny_args(model.to_str().unwrap(), &[&long, "-o", "long.mp4"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("so it was cut"), "{}", stderr(&out));
+}
+
+#[test]
+fn doctor_prints_what_ciak_sees() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ciak")).arg("doctor").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cpu:") && text.contains("cuda:"), "{text}");
+}
