@@ -72,6 +72,9 @@ pub struct GenerateArgs {
     /// One JSON event per line on stderr instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+    /// Write a Chrome trace (chrome://tracing, Perfetto) of every stage and step to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Say more (e.g. token counts).
     #[arg(short, long)]
     pub verbose: bool,
@@ -197,9 +200,19 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// Installs the Chrome trace writer; the returned guard flushes the file when dropped.
+fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
+    use tracing_subscriber::prelude::*;
+    check_writable(path, true)?;
+    let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new().file(path).include_args(true).build();
+    tracing_subscriber::registry().with(layer).try_init().context("a tracing subscriber is already installed")?;
+    Ok(guard)
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let total_start = Instant::now();
     let plan = plan(&args)?;
+    let _trace = args.trace.as_deref().map(start_trace).transpose()?;
     let device = parse_device(&args.device)?;
     let root = resolve_model_path(&plan.model)?;
     let dir = WanModelDir::open(&root)?;
@@ -274,6 +287,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             eprintln!("prompt: {} tokens", result.prompt_tokens.seq_len);
         }
         reporter.stage(clip, seeds.len(), "writing");
+        let _write_span = tracing::info_span!("write", clip).entered();
         let write_start = Instant::now();
         let mut timings = vec![StageTime::new("load", load_time.as_secs_f64())];
         timings.extend(result.timings.iter().map(|(k, d)| StageTime::new(*k, d.as_secs_f64())));

@@ -106,6 +106,30 @@ fn a_prompt_longer_than_the_encoder_reads_is_cut_with_a_warning() {
 }
 
 #[test]
+fn json_progress_and_chrome_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let out = ciak(dir.path(), &tiny_args(model.to_str().unwrap(), &["x", "--json", "--trace", "t.json", "-o", "o.mp4"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = events.iter().filter_map(|e| e["step"].as_u64()).collect();
+    assert_eq!(steps, vec![1, 2]);
+    assert!(events.iter().any(|e| e["stage"] == "decoding"));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["event"], "done");
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.json")).unwrap()).unwrap();
+    let names: Vec<&str> = trace.as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+    for span in ["text_encode", "step", "vae_decode", "write"] {
+        assert!(names.contains(&span), "trace lacks `{span}`: {names:?}");
+    }
+}
+
+#[test]
 fn doctor_prints_what_ciak_sees() {
     let out = Command::new(env!("CARGO_BIN_EXE_ciak")).arg("doctor").output().unwrap();
     assert!(out.status.success());
