@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use ciak_models::wan::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -62,9 +63,21 @@ fn check_against(keys_file: &str, preset: WanTransformerConfig) {
     let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::BF16, Device::Cpu);
     WanTransformer3DModel::new(&preset, vb).expect("build the real-size transformer");
     let requests = recorder.0.lock().unwrap().clone();
+    let count = compare_with(keys_file, &keys, &requests);
 
-    let mut asked = BTreeMap::new();
+    // with bf16 weights, exactly the tensors diffusers keeps in fp32 must be requested as f32
     for r in &requests {
+        let keep = r.name.split('.').any(|part| KEEP_IN_FP32.contains(&part));
+        let want = if keep { DType::F32 } else { DType::BF16 };
+        assert_eq!(r.dtype, want, "{keys_file}: dtype of `{}`", r.name);
+    }
+    eprintln!("{keys_file}: {} tensors, {count} parameters, names, shapes and dtypes as diffusers", requests.len());
+}
+
+/// Asserts the requests are exactly diffusers' tensors (names, shapes, count); returns the count.
+fn compare_with(keys_file: &str, keys: &KeyList, requests: &[Request]) -> u64 {
+    let mut asked = BTreeMap::new();
+    for r in requests {
         assert!(asked.insert(r.name.clone(), r.shape.clone()).is_none(), "`{}` requested twice", r.name);
     }
     let ours: BTreeSet<&String> = asked.keys().collect();
@@ -77,14 +90,21 @@ fn check_against(keys_file: &str, preset: WanTransformerConfig) {
     }
     let count: u64 = asked.values().map(|s| s.iter().product::<usize>() as u64).sum();
     assert_eq!(count, keys.num_parameters, "{keys_file}: parameter count");
+    count
+}
 
-    // with bf16 weights, exactly the tensors diffusers keeps in fp32 must be requested as f32
-    for r in &requests {
-        let keep = r.name.split('.').any(|part| KEEP_IN_FP32.contains(&part));
-        let want = if keep { DType::F32 } else { DType::BF16 };
-        assert_eq!(r.dtype, want, "{keys_file}: dtype of `{}`", r.name);
-    }
-    eprintln!("{keys_file}: {} tensors, {count} parameters, names, shapes and dtypes as diffusers", asked.len());
+#[test]
+fn wan21_vae_matches_diffusers_keys() {
+    let keys = key_list("wan21_vae.json");
+    let parsed: AutoencoderKLWanConfig = serde_json::from_value(keys.config.clone()).expect("config of the key list");
+    let preset = AutoencoderKLWanConfig::wan21();
+    assert_eq!(parsed, preset, "the VAE config diffusers writes differs from the preset");
+    let recorder = Recorder::default();
+    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
+    AutoencoderKLWan::new(&preset, vb).expect("build the real-size VAE");
+    let requests = recorder.0.lock().unwrap().clone();
+    let count = compare_with("wan21_vae.json", &keys, &requests);
+    eprintln!("wan21_vae.json: {} tensors, {count} parameters as diffusers", requests.len());
 }
 
 #[test]
