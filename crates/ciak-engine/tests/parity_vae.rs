@@ -198,25 +198,35 @@ fn real_wan21_vae_reads_exactly_the_diffusers_tensors() {
     }
 }
 
-/// Timings (run with `cargo test --release -p ciak-engine --test parity_vae -- --ignored --nocapture`).
+/// CPU seconds used by this process so far (user + system), from /proc on Linux.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Timings: `cargo test --release -p ciak-engine --test parity_vae -- --ignored --nocapture`.
+/// Prints wall time and process CPU time, since a shared machine makes wall time noisy.
 #[test]
 #[ignore]
 fn bench_decode() {
     let vae = tiny_vae(DType::F32);
     let io = load_io("vae");
-    let time = |what: &str, z: &Tensor, reps: usize| {
-        vae.decode(z).unwrap();
-        let t0 = Instant::now();
+    let time = |what: &str, reps: usize, f: &dyn Fn()| {
+        f();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         for _ in 0..reps {
-            vae.decode(z).unwrap();
+            f();
         }
-        eprintln!("{what}: {:.1} ms per decode", t0.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        let wall = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let cpu = cpu_seconds().zip(c0).map(|(c1, c0)| (c1 - c0) * 1e3 / reps as f64).unwrap_or(f64::NAN);
+        eprintln!("{what}: {wall:.1} ms wall, {cpu:.0} ms CPU");
     };
-    time("tiny fixture decode [1,16,3,4,4] -> [1,3,9,32,32]", get(&io, "decode.input"), 20);
+    let z = get(&io, "decode.input");
+    time("tiny fixture decode [1,16,3,4,4] -> [1,3,9,32,32]", 20, &|| drop(vae.decode(z).unwrap()));
+    let x = get(&io, "encode.input");
+    time("tiny fixture encode [1,3,9,32,32] -> [1,16,3,4,4]", 20, &|| drop(vae.encode(x).unwrap()));
     let z = Tensor::randn(0f32, 1.0, (1, 16, 7, 16, 28), &Device::Cpu).unwrap();
-    time("base_dim 8 decode [1,16,7,16,28] -> [1,3,25,128,224]", &z, 3);
-    let x = Tensor::rand(-1f32, 1.0, (1, 3, 9, 32, 32), &Device::Cpu).unwrap();
-    let t0 = Instant::now();
-    vae.encode(&x).unwrap();
-    eprintln!("tiny fixture encode [1,3,9,32,32]: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    time("base_dim 8 decode [1,16,7,16,28] -> [1,3,25,128,224]", 3, &|| drop(vae.decode(&z).unwrap()));
 }
