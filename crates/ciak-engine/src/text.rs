@@ -1,6 +1,7 @@
 //! Prompt to text embeddings, as diffusers' `WanPipeline.encode_prompt` does it: clean the prompt,
 //! tokenize to exactly 512 tokens (truncate keeping `</s>`, pad with `<pad>`), run the UMT5 encoder,
-//! zero the rows past each prompt's true length.
+//! zero the rows past each prompt's true length. A tokenizer folder may ask for fewer tokens
+//! (`model_max_length` in `tokenizer_config.json`), as ciak's built-in model does.
 use crate::error::{CiakError, Result};
 use crate::loader::{load_varbuilder, read_config, weights_error};
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +14,27 @@ use tokenizers::{
 
 /// Token length every prompt is padded or truncated to (diffusers' `max_sequence_length` default).
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
+
+/// The prompt length for the tokenizer folder holding `tokenizer_json`: the `model_max_length`
+/// of its `tokenizer_config.json` when that is below [`MAX_SEQUENCE_LENGTH`] (small models trained
+/// with short prompts), else 512 as in diffusers (no file, no key, or transformers' huge default).
+pub fn max_sequence_length(tokenizer_json: &Path) -> Result<usize> {
+    let path = tokenizer_json.with_file_name("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(MAX_SEQUENCE_LENGTH);
+    }
+    let config: serde_json::Value = crate::loader::read_json(&path, "tokenizer_config.json")?;
+    match config.get("model_max_length") {
+        None | Some(serde_json::Value::Null) => Ok(MAX_SEQUENCE_LENGTH),
+        Some(v) => match v.as_f64() {
+            Some(n) if n >= 1.0 => Ok(if n < MAX_SEQUENCE_LENGTH as f64 { n as usize } else { MAX_SEQUENCE_LENGTH }),
+            _ => Err(CiakError::Config {
+                path,
+                message: format!("expected model_max_length to be a number >= 1, got {v}"),
+            }),
+        },
+    }
+}
 
 /// What happened to one prompt on its way to tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,9 +155,10 @@ impl TextEncoder {
     }
 
     /// Loads `tokenizer.json` and the encoder weights of a diffusers `text_encoder/` folder
-    /// (`config.json` + safetensors, sharded or not), converting the weights to `dtype`.
+    /// (`config.json` + safetensors, sharded or not), converting the weights to `dtype`. The
+    /// prompt length is [`max_sequence_length`] of the tokenizer folder.
     pub fn load(tokenizer_json: &Path, text_encoder_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let tokenizer = PromptTokenizer::from_file(tokenizer_json, MAX_SEQUENCE_LENGTH)?;
+        let tokenizer = PromptTokenizer::from_file(tokenizer_json, max_sequence_length(tokenizer_json)?)?;
         let cfg: Umt5Config = read_config(text_encoder_dir)?;
         let vb = load_varbuilder(text_encoder_dir, dtype, device)?;
         let model = Umt5EncoderModel::new(&cfg, vb).map_err(weights_error("text_encoder", text_encoder_dir))?;
@@ -163,7 +186,7 @@ impl TextEncoder {
         Ok(tokens)
     }
 
-    /// Shapes: prompts (B) -> prompt_embeds [B, 512, d_model], rows past each prompt's length zeroed.
+    /// Shapes: prompts (B) -> prompt_embeds [B, max_len, d_model], rows past each prompt's length zeroed.
     pub fn encode(&self, prompts: &[String]) -> Result<EncodedText> {
         let _span = tracing::info_span!("text_encode", prompts = prompts.len()).entered();
         if prompts.is_empty() {
@@ -436,6 +459,28 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(prompt_clean(input), *want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn max_sequence_length_reads_a_shorter_model_max_length_only() {
+        let dir = std::env::temp_dir().join(format!("ciak-text-maxlen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("tokenizer.json");
+        let config = dir.join("tokenizer_config.json");
+        let _ = std::fs::remove_file(&config);
+        assert_eq!(max_sequence_length(&json).unwrap(), 512, "no tokenizer_config.json");
+        for (text, want) in [
+            (r#"{"model_max_length": 64}"#, Some(64)),
+            (r#"{"model_max_length": 512}"#, Some(512)),
+            (r#"{"model_max_length": 1000000000000000019884624838656}"#, Some(512)),
+            (r#"{"pad_token": "<pad>"}"#, Some(512)),
+            (r#"{"model_max_length": 0}"#, None),
+            (r#"{"model_max_length": "long"}"#, None),
+        ] {
+            std::fs::write(&config, text).unwrap();
+            assert_eq!(max_sequence_length(&json).ok(), want, "{text}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn sdpa_blocked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, block_rows: 
 
 fn attend(q: &Tensor, kt: &Tensor, v: &Tensor) -> Result<Tensor> {
     let scores = q.matmul(kt)?.to_dtype(DType::F32)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
     probs.matmul(v)
 }
 
@@ -80,7 +80,7 @@ impl RmsNorm {
 
     /// Shapes: x [..., dim] -> [..., dim].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        super::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 

@@ -84,7 +84,7 @@ impl WanRotaryPosEmbed {
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::rotary_emb::rope_i(&xf, cos, sin)?.to_dtype(dtype)
+    super::ops::rope_i(&xf, cos, sin)?.to_dtype(dtype)
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ impl LayerNormF32 {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
+        super::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
     }
 }
 

@@ -187,7 +187,7 @@ impl Umt5Attention {
             .permute((2, 0, 1))?
             .unsqueeze(0)?;
         let scores = scores.broadcast_add(&bias)?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let ctx = probs
             .matmul(&v)?
             .transpose(1, 2)?
