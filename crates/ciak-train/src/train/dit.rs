@@ -1,0 +1,852 @@
+//! Training the DiT (`WanTransformer3DModel`) and the toy UMT5 text encoder together with the
+//! flow-matching objective of [`super::flow`]; AdamW, EMA, checkpoints, loss log and plot.
+//!
+//! Text goes through `ciak_engine::text::TextEncoder`, the pipeline's own code: the same
+//! tokenizer settings (`text_len` tokens, `</s>` kept, padding), the same UMT5 forward and the
+//! same zeroed rows past each prompt's length. Only the weights differ: `Var`s here, so the
+//! gradient reaches the text encoder.
+//!
+//! Output folder: `config.json` (the config of the run), `loss.csv`, `loss.png`, `checkpoint/`
+//! and, when a VAE folder is configured, `model/` (the diffusers folder of the EMA weights).
+
+use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
+use super::export::{export_pipeline, ExportSpec};
+use super::flow::{drop_captions, flow_batch, mse, SigmaSampling, TrainRng};
+use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
+use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use ciak_engine::text::{PromptTokenizer, TextEncoder};
+use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use ciak_models::wan::umt5::{Umt5Config, Umt5EncoderModel};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The DiT's size; the rest of `WanTransformerConfig` follows Wan2.1 T2V.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DitArch {
+    pub num_attention_heads: usize,
+    /// Must split into three even RoPE parts: even and >= 6 (32, 48, 64 all work).
+    pub attention_head_dim: usize,
+    pub ffn_dim: usize,
+    pub num_layers: usize,
+    #[serde(default = "defaults::freq_dim")]
+    pub freq_dim: usize,
+    #[serde(default = "defaults::patch_size")]
+    pub patch_size: [usize; 3],
+    /// Latent channels of the VAE (`z_dim`), in and out.
+    #[serde(default = "defaults::latent_channels")]
+    pub latent_channels: usize,
+    #[serde(default = "defaults::yes")]
+    pub cross_attn_norm: bool,
+    #[serde(default = "defaults::eps")]
+    pub eps: f64,
+    #[serde(default = "defaults::rope_max_seq_len")]
+    pub rope_max_seq_len: usize,
+}
+
+/// The text encoder's size; the rest of `Umt5Config` follows UMT5 (gated GELU, 32 buckets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextArch {
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub d_ff: usize,
+    #[serde(default = "defaults::buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "defaults::max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "defaults::eps")]
+    pub layer_norm_epsilon: f64,
+}
+
+mod defaults {
+    pub fn freq_dim() -> usize {
+        256
+    }
+    pub fn patch_size() -> [usize; 3] {
+        [1, 2, 2]
+    }
+    pub fn latent_channels() -> usize {
+        16
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn eps() -> f64 {
+        1e-6
+    }
+    pub fn rope_max_seq_len() -> usize {
+        1024
+    }
+    pub fn buckets() -> usize {
+        32
+    }
+    pub fn max_distance() -> usize {
+        128
+    }
+    pub fn min_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn ema_decay() -> f64 {
+        0.999
+    }
+    pub fn caption_dropout() -> f64 {
+        0.1
+    }
+    pub fn shift() -> f64 {
+        3.0
+    }
+    pub fn sigma_sampling() -> super::SigmaSampling {
+        super::SigmaSampling::ShiftedUniform
+    }
+    pub fn checkpoint_every() -> u64 {
+        500
+    }
+}
+
+/// A training run, read from JSON. Paths are relative to the config file's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DitTrainConfig {
+    /// Seeds the initial weights and the noise, noise levels and caption dropout.
+    pub seed: u64,
+    pub transformer: DitArch,
+    pub text_encoder: TextArch,
+    /// The word-level `tokenizer.json`; the text encoder's vocabulary is its size.
+    pub tokenizer: PathBuf,
+    /// Tokens per prompt (padded/truncated); exported as the tokenizer's `model_max_length`.
+    pub text_len: usize,
+    pub batch_size: usize,
+    /// Total optimizer steps (the cosine schedule ends here).
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub warmup_steps: u64,
+    #[serde(default = "defaults::min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub adamw: AdamWConfig,
+    /// Max global gradient norm; 0 turns clipping off.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "defaults::ema_decay")]
+    pub ema_decay: f64,
+    /// Probability that a caption is replaced by "" (classifier-free guidance).
+    #[serde(default = "defaults::caption_dropout")]
+    pub caption_dropout: f64,
+    /// Flow shift of the exported sampler and of the training noise levels.
+    #[serde(default = "defaults::shift")]
+    pub shift: f64,
+    #[serde(default = "defaults::sigma_sampling")]
+    pub sigma_sampling: SigmaSampling,
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Stop (with a checkpoint) after the step that crosses this much training time in this
+    /// invocation; resume later with `--resume`.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
+    /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
+    #[serde(default)]
+    pub vae: Option<PathBuf>,
+}
+
+impl DitTrainConfig {
+    /// Reads a JSON config; relative paths are taken from the file's folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let mut cfg: Self =
+            serde_json::from_str(&text).map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.tokenizer = base.join(&cfg.tokenizer);
+        cfg.vae = cfg.vae.map(|v| base.join(v));
+        cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that would otherwise fail deep inside a run.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.transformer;
+        let hd = t.attention_head_dim;
+        if !hd.is_multiple_of(2) || hd < 6 {
+            return Err(format!("expected transformer.attention_head_dim even and >= 6 (RoPE), got {hd}"));
+        }
+        let nonzero = [
+            ("transformer.num_attention_heads", t.num_attention_heads),
+            ("transformer.ffn_dim", t.ffn_dim),
+            ("transformer.num_layers", t.num_layers),
+            ("transformer.latent_channels", t.latent_channels),
+            ("text_encoder.d_model", self.text_encoder.d_model),
+            ("text_encoder.num_heads", self.text_encoder.num_heads),
+            ("text_encoder.d_kv", self.text_encoder.d_kv),
+            ("text_encoder.d_ff", self.text_encoder.d_ff),
+            ("text_len", self.text_len),
+            ("batch_size", self.batch_size),
+            ("steps", self.steps as usize),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("expected {name} >= 1, got 0"));
+        }
+        if t.patch_size.contains(&0) {
+            return Err(format!("expected a nonzero transformer.patch_size, got {:?}", t.patch_size));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("expected lr > 0, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("expected ema_decay in [0, 1), got {}", self.ema_decay));
+        }
+        if !(0.0..=1.0).contains(&self.caption_dropout) {
+            return Err(format!("expected caption_dropout in [0, 1], got {}", self.caption_dropout));
+        }
+        if !(self.shift > 0.0 && self.shift.is_finite()) {
+            return Err(format!("expected shift > 0, got {}", self.shift));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(format!("expected min_lr_ratio in [0, 1], got {}", self.min_lr_ratio));
+        }
+        Ok(())
+    }
+
+    /// The diffusers config of the DiT (T2V, text width = the text encoder's `d_model`).
+    pub fn transformer_config(&self) -> WanTransformerConfig {
+        let t = &self.transformer;
+        WanTransformerConfig {
+            patch_size: t.patch_size,
+            num_attention_heads: t.num_attention_heads,
+            attention_head_dim: t.attention_head_dim,
+            in_channels: t.latent_channels,
+            out_channels: t.latent_channels,
+            text_dim: self.text_encoder.d_model,
+            freq_dim: t.freq_dim,
+            ffn_dim: t.ffn_dim,
+            num_layers: t.num_layers,
+            cross_attn_norm: t.cross_attn_norm,
+            qk_norm: Some("rms_norm_across_heads".to_string()),
+            eps: t.eps,
+            image_dim: None,
+            added_kv_proj_dim: None,
+            rope_max_seq_len: t.rope_max_seq_len,
+            pos_embed_seq_len: None,
+        }
+    }
+
+    /// The transformers config of the text encoder for a tokenizer of `vocab_size` ids.
+    pub fn umt5_config(&self, vocab_size: usize) -> Umt5Config {
+        let t = &self.text_encoder;
+        Umt5Config {
+            vocab_size,
+            d_model: t.d_model,
+            d_kv: t.d_kv,
+            d_ff: t.d_ff,
+            num_layers: t.num_layers,
+            num_heads: t.num_heads,
+            relative_attention_num_buckets: t.relative_attention_num_buckets,
+            relative_attention_max_distance: t.relative_attention_max_distance,
+            layer_norm_epsilon: t.layer_norm_epsilon,
+            feed_forward_proj: "gated-gelu".to_string(),
+            dense_act_fn: "gelu_new".to_string(),
+            is_gated_act: true,
+        }
+    }
+
+    fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule { peak: self.lr, warmup_steps: self.warmup_steps, total_steps: self.steps, min_ratio: self.min_lr_ratio }
+    }
+
+    /// Whether a checkpoint written under `other` holds the same model (sizes and tokens).
+    fn same_model(&self, other: &Self) -> std::result::Result<(), String> {
+        if self.transformer != other.transformer {
+            return Err(format!("transformer {:?} in the checkpoint, {:?} in the config", other.transformer, self.transformer));
+        }
+        if self.text_encoder != other.text_encoder {
+            return Err(format!("text_encoder {:?} in the checkpoint, {:?} in the config", other.text_encoder, self.text_encoder));
+        }
+        if self.text_len != other.text_len {
+            return Err(format!("text_len {} in the checkpoint, {} in the config", other.text_len, self.text_len));
+        }
+        Ok(())
+    }
+}
+
+/// Number of ids of a `tokenizer.json`, added tokens included.
+pub fn tokenizer_vocab_size(tokenizer_json: &Path) -> Result<usize> {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| {
+        TrainError::Engine(ciak_engine::error::CiakError::Tokenizer { path: tokenizer_json.to_path_buf(), message: e.to_string() })
+    })?;
+    Ok(tok.get_vocab_size(true))
+}
+
+/// FNV-1a of a parameter name: each parameter's initial values depend on the seed and its name
+/// only, not on how many parameters come before it.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// How one parameter starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Init {
+    Zeros,
+    Ones,
+    Normal(f64),
+    /// Uniform in [-bound, bound].
+    Uniform(f64),
+}
+
+/// Xavier-uniform bound for a weight of shape [out, in...] (torch computes fans on `flatten(1)`).
+fn xavier(dims: &[usize]) -> f64 {
+    let fan_out = dims[0] as f64;
+    let fan_in = dims[1..].iter().product::<usize>() as f64;
+    (6.0 / (fan_in + fan_out)).sqrt()
+}
+
+/// Wan's init (`WanModel.init_weights`): xavier-uniform linears and patch embedding, N(0, 0.02)
+/// text and time embedders, zero output head, modulation tables N(0, 1)/sqrt(dim), unit norms.
+fn dit_init(name: &str, dims: &[usize], dim: usize) -> Init {
+    if name.ends_with(".bias") {
+        Init::Zeros
+    } else if name.contains("norm") {
+        Init::Ones
+    } else if name.contains("scale_shift_table") {
+        Init::Normal(1.0 / (dim as f64).sqrt())
+    } else if name == "proj_out.weight" {
+        Init::Zeros
+    } else if name.contains("text_embedder") || name.contains("time_embedder") {
+        Init::Normal(0.02)
+    } else {
+        Init::Uniform(xavier(dims))
+    }
+}
+
+/// transformers' T5/UMT5 init with `initializer_factor` 1.
+fn umt5_init(name: &str, cfg: &Umt5Config) -> Init {
+    let (d, kv, h, ff) = (cfg.d_model as f64, cfg.d_kv as f64, cfg.num_heads as f64, cfg.d_ff as f64);
+    if name.contains("layer_norm") {
+        Init::Ones
+    } else if name.starts_with("shared") || name.contains("embed_tokens") {
+        Init::Normal(1.0)
+    } else if name.contains("SelfAttention.q.") {
+        Init::Normal((d * kv).powf(-0.5))
+    } else if name.contains("SelfAttention.o.") {
+        Init::Normal((h * kv).powf(-0.5))
+    } else if name.contains("DenseReluDense.wo") {
+        Init::Normal(ff.powf(-0.5))
+    } else {
+        // k, v, wi_0, wi_1, relative_attention_bias
+        Init::Normal(d.powf(-0.5))
+    }
+}
+
+fn init_var(var: &Var, init: Init, rng: &mut TrainRng) -> Result<()> {
+    let n = var.elem_count();
+    let values: Vec<f32> = match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Normal(std) => rng.normals(n).into_iter().map(|x| x * std as f32).collect(),
+        Init::Uniform(bound) => (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect(),
+    };
+    let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+    var.set(&t)?;
+    Ok(())
+}
+
+fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().expect("var map lock");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// The DiT and the text encoder with trainable (`Var`) weights.
+pub struct DitModels {
+    pub transformer_cfg: WanTransformerConfig,
+    pub text_cfg: Umt5Config,
+    pub transformer: WanTransformer3DModel,
+    /// The pipeline's text path (tokenizer + UMT5 + zeroed padding) on the trainable weights.
+    pub text_encoder: TextEncoder,
+    dit_vars: VarMap,
+    text_vars: VarMap,
+}
+
+impl DitModels {
+    /// Builds both models with fresh weights from `cfg.seed`.
+    pub fn new(cfg: &DitTrainConfig, vocab_size: usize, device: &Device) -> Result<Self> {
+        let transformer_cfg = cfg.transformer_config();
+        let text_cfg = cfg.umt5_config(vocab_size);
+        let dit_vars = VarMap::new();
+        let text_vars = VarMap::new();
+        let transformer = WanTransformer3DModel::new(&transformer_cfg, VarBuilder::from_varmap(&dit_vars, DType::F32, device))?;
+        let vb = VarBuilder::from_varmap(&text_vars, DType::F32, device);
+        // created first so the embedding is stored as `shared.weight`, the name HF checkpoints use
+        vb.get_with_hints((vocab_size, text_cfg.d_model), "shared.weight", candle_nn::Init::Const(0.0))?;
+        let umt5 = Umt5EncoderModel::new(&text_cfg, vb)?;
+        let tokenizer = PromptTokenizer::from_file(&cfg.tokenizer, cfg.text_len)?;
+        let models = Self {
+            transformer_cfg,
+            text_cfg,
+            transformer,
+            text_encoder: TextEncoder::new(tokenizer, umt5),
+            dit_vars,
+            text_vars,
+        };
+        models.init_weights(cfg.seed)?;
+        Ok(models)
+    }
+
+    fn init_weights(&self, seed: u64) -> Result<()> {
+        let dim = self.transformer_cfg.inner_dim();
+        for (name, var) in sorted_vars(&self.dit_vars) {
+            let mut rng = TrainRng::new(seed ^ name_hash(&format!("transformer.{name}")));
+            init_var(&var, dit_init(&name, var.dims(), dim), &mut rng)?;
+        }
+        for (name, var) in sorted_vars(&self.text_vars) {
+            let mut rng = TrainRng::new(seed ^ name_hash(&format!("text_encoder.{name}")));
+            init_var(&var, umt5_init(&name, &self.text_cfg), &mut rng)?;
+        }
+        Ok(())
+    }
+
+    /// Every trainable tensor, named `transformer.<key>` / `text_encoder.<key>`, sorted.
+    pub fn params(&self) -> Vec<Param> {
+        let dit = sorted_vars(&self.dit_vars).into_iter().map(|(k, v)| Param::new(format!("transformer.{k}"), v));
+        let text = sorted_vars(&self.text_vars).into_iter().map(|(k, v)| Param::new(format!("text_encoder.{k}"), v));
+        dit.chain(text).collect()
+    }
+
+    pub fn num_parameters(&self) -> (usize, usize) {
+        let count = |m: &VarMap| sorted_vars(m).iter().map(|(_, v)| v.elem_count()).sum();
+        (count(&self.dit_vars), count(&self.text_vars))
+    }
+
+    /// Prompt embeddings exactly as the pipeline computes them, with gradients to the encoder.
+    ///
+    /// Shapes: captions (B) -> [B, text_len, d_model].
+    pub fn encode_text(&self, captions: &[String]) -> Result<Tensor> {
+        Ok(self.text_encoder.encode(captions)?.prompt_embeds)
+    }
+
+    /// The flow-matching loss of one batch for given noise and noise levels (a scalar that
+    /// tracks gradients).
+    pub fn loss(&self, latents: &Tensor, captions: &[String], noise: &Tensor, sigmas: &[f32]) -> Result<Tensor> {
+        let fb = flow_batch(latents, noise, sigmas)?;
+        let context = self.encode_text(captions)?;
+        let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
+        mse(&pred, &fb.target)
+    }
+}
+
+/// Splits `transformer.` / `text_encoder.` names into the two components' checkpoint keys.
+pub fn split_components(tensors: &HashMap<String, Tensor>) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let mut dit = HashMap::new();
+    let mut text = HashMap::new();
+    for (k, t) in tensors {
+        if let Some(rest) = k.strip_prefix("transformer.") {
+            dit.insert(rest.to_string(), t.clone());
+        } else if let Some(rest) = k.strip_prefix("text_encoder.") {
+            text.insert(rest.to_string(), t.clone());
+        }
+    }
+    (dit, text)
+}
+
+/// A random source with a learnable signal, for tests and benchmarks: each clip is one of a few
+/// fixed latent patterns (one per caption) plus a little noise.
+pub struct SyntheticLatents {
+    shape: [usize; 4],
+    captions: Vec<String>,
+    patterns: Vec<Tensor>,
+    rng: TrainRng,
+    device: Device,
+}
+
+impl SyntheticLatents {
+    /// Clips of latent shape `[C, F', H', W']`, one pattern per caption.
+    pub fn new(seed: u64, shape: [usize; 4], captions: Vec<String>, device: &Device) -> Result<Self> {
+        if captions.is_empty() {
+            return Err(TrainError::Data("SyntheticLatents needs at least one caption".into()));
+        }
+        let patterns = (0..captions.len())
+            .map(|i| TrainRng::new(seed ^ name_hash(&format!("pattern{i}"))).gaussian(&shape, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { shape, captions, patterns, rng: TrainRng::new(seed), device: device.clone() })
+    }
+}
+
+impl LatentSource for SyntheticLatents {
+    fn batch(&mut self, n: usize) -> Result<LatentBatch> {
+        let mut latents = Vec::with_capacity(n);
+        let mut captions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = (self.rng.next_u64() % self.captions.len() as u64) as usize;
+            let jitter = (self.rng.gaussian(&self.shape, &self.device)? * 0.1)?;
+            latents.push((&self.patterns[k] + jitter)?);
+            captions.push(self.captions[k].clone());
+        }
+        Ok(LatentBatch { latents: Tensor::stack(&latents, 0)?, captions })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "rng": self.rng.state })
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.rng.state = state
+            .get("rng")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| TrainError::Data(format!("SyntheticLatents: expected {{\"rng\": u64}}, got {state}")))?;
+        Ok(())
+    }
+}
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    format: u32,
+    /// Optimizer steps done.
+    step: u64,
+    rng: TrainRng,
+    source: serde_json::Value,
+    /// Training time so far, across resumes.
+    seconds: f64,
+    adam_steps: u64,
+    ema_updates: u64,
+    vocab_size: usize,
+    config: DitTrainConfig,
+}
+
+const STATE_FORMAT: u32 = 1;
+const PARTS: [&str; 3] = ["model", "ema", "optim"];
+
+/// The result of [`run_dit_training`].
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Optimizer steps done in total (including before a resume).
+    pub steps: u64,
+    /// Loss of the last step run by this call, if any.
+    pub last_loss: Option<f64>,
+    pub checkpoint: PathBuf,
+    /// The diffusers folder of the EMA weights (only when a VAE is configured).
+    pub exported: Option<PathBuf>,
+    /// Training time in total, across resumes.
+    pub seconds: f64,
+}
+
+/// A run in progress: models, optimizer, EMA and the random stream.
+pub struct DitTrainer {
+    pub cfg: DitTrainConfig,
+    pub models: DitModels,
+    params: Vec<Param>,
+    opt: AdamW,
+    ema: Ema,
+    rng: TrainRng,
+    step: u64,
+    seconds: f64,
+    vocab_size: usize,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub duration: Duration,
+}
+
+impl DitTrainer {
+    /// A fresh run (weights from `cfg.seed`).
+    pub fn new(cfg: &DitTrainConfig, device: &Device) -> Result<Self> {
+        cfg.validate().map_err(|message| TrainError::Config { path: PathBuf::new(), message })?;
+        let vocab_size = tokenizer_vocab_size(&cfg.tokenizer)?;
+        let models = DitModels::new(cfg, vocab_size, device)?;
+        let params = models.params();
+        let opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
+        let ema = Ema::new(&params, cfg.ema_decay)?;
+        // a stream apart from the init streams (those are seeded with seed ^ hash(name))
+        let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
+        Ok(Self { cfg: cfg.clone(), models, params, opt, ema, rng, step: 0, seconds: 0.0, vocab_size })
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// One optimizer step on a batch from `source`.
+    pub fn train_step(&mut self, source: &mut dyn LatentSource) -> Result<StepStats> {
+        let start = Instant::now();
+        let batch = source.batch(self.cfg.batch_size)?;
+        let dims = batch.latents.dims().to_vec();
+        let c = self.cfg.transformer.latent_channels;
+        if dims.len() != 5 || dims[0] != batch.captions.len() || dims[1] != c || dims[0] == 0 {
+            return Err(TrainError::Data(format!(
+                "expected latents [B, {c}, F, H, W] with one caption per clip, got {dims:?} and {} captions",
+                batch.captions.len()
+            )));
+        }
+        // draws in a fixed order: captions, noise levels, noise
+        let captions = drop_captions(&batch.captions, self.cfg.caption_dropout, &mut self.rng);
+        let sigmas: Vec<f32> =
+            (0..dims[0]).map(|_| self.cfg.sigma_sampling.sample(&mut self.rng, self.cfg.shift) as f32).collect();
+        let device = batch.latents.device().clone();
+        let noise = self.rng.gaussian(&dims, &device)?;
+        let loss = self.models.loss(&batch.latents, &captions, &noise, &sigmas)?;
+        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {loss_value}") });
+        }
+        let grads = loss.backward()?;
+        let norm = grad_norm(&grads, &self.params)?;
+        if !norm.is_finite() {
+            return Err(TrainError::Diverged { step: self.step + 1, what: format!("gradient norm is {norm}") });
+        }
+        let lr = self.cfg.lr_schedule().at(self.step);
+        self.opt.step(&grads, lr, clip_factor(norm, self.cfg.grad_clip))?;
+        self.ema.update(&self.params)?;
+        self.step += 1;
+        let duration = start.elapsed();
+        self.seconds += duration.as_secs_f64();
+        Ok(StepStats { loss: loss_value, lr, grad_norm: norm, duration })
+    }
+
+    /// Current weights by parameter name.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+    }
+
+    /// EMA weights by parameter name.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        self.ema.tensors(&self.params)
+    }
+
+    /// Writes everything a bit-identical resume needs into `dir`.
+    pub fn save(&self, dir: &Path, source: &dyn LatentSource) -> Result<()> {
+        let state = RunState {
+            format: STATE_FORMAT,
+            step: self.step,
+            rng: self.rng,
+            source: source.state(),
+            seconds: self.seconds,
+            adam_steps: self.opt.steps(),
+            ema_updates: self.ema.updates(),
+            vocab_size: self.vocab_size,
+            config: self.cfg.clone(),
+        };
+        let (model, ema, optim) = (self.weights(), self.ema_weights(), self.opt.state_tensors());
+        save_checkpoint(dir, &[("model", &model), ("ema", &ema), ("optim", &optim)], &state)
+    }
+
+    /// Continues the run saved in `dir` under `cfg`, whose model must be the saved one
+    /// (schedule, batch size and the other settings may change).
+    pub fn resume(cfg: &DitTrainConfig, dir: &Path, source: &mut dyn LatentSource, device: &Device) -> Result<Self> {
+        let ckpt = load_checkpoint::<RunState>(dir, &PARTS, device)?;
+        let state = &ckpt.state;
+        let bad = |message: String| TrainError::Resume { path: ckpt.path.clone(), message };
+        if state.format != STATE_FORMAT {
+            return Err(bad(format!("expected checkpoint format {STATE_FORMAT}, got {}", state.format)));
+        }
+        cfg.same_model(&state.config).map_err(bad)?;
+        let mut trainer = Self::new(cfg, device)?;
+        if trainer.vocab_size != state.vocab_size {
+            return Err(bad(format!(
+                "the tokenizer has {} ids, the checkpoint's text encoder {}",
+                trainer.vocab_size, state.vocab_size
+            )));
+        }
+        let model = ckpt.part("model")?;
+        for p in &trainer.params {
+            let t = model.get(&p.name).ok_or_else(|| bad(format!("model weights have no `{}`", p.name)))?;
+            if t.dims() != p.var.dims() {
+                return Err(bad(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.var.dims(), t.dims())));
+            }
+            p.var.set(&t.to_dtype(p.var.dtype())?)?;
+        }
+        trainer.ema.load(&trainer.params, ckpt.part("ema")?, state.ema_updates).map_err(|e| bad(e.to_string()))?;
+        trainer.opt.load_state(ckpt.part("optim")?, state.adam_steps).map_err(|e| bad(e.to_string()))?;
+        trainer.rng = state.rng;
+        trainer.step = state.step;
+        trainer.seconds = state.seconds;
+        source.restore(&state.source)?;
+        Ok(trainer)
+    }
+
+    /// Writes the diffusers folder of the EMA weights to `out`.
+    pub fn export(&self, vae_dir: &Path, out: &Path) -> Result<()> {
+        let (dit, text) = split_components(&self.ema_weights());
+        export_pipeline(
+            &ExportSpec {
+                transformer_cfg: &self.models.transformer_cfg,
+                transformer_weights: &dit,
+                text_cfg: &self.models.text_cfg,
+                text_weights: &text,
+                tokenizer_json: &self.cfg.tokenizer,
+                text_len: self.cfg.text_len,
+                vae_dir,
+                shift: self.cfg.shift,
+            },
+            out,
+        )
+    }
+}
+
+/// Trains (or continues training) per `cfg` into the folder `out`; see the module docs for
+/// what it holds. A fresh run refuses a folder that already has a checkpoint, a resume needs
+/// one. Events go to `progress` after every step, checkpoint and export.
+pub fn run_dit_training(
+    cfg: &DitTrainConfig,
+    source: &mut dyn LatentSource,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let ckpt_dir = out.join("checkpoint");
+    let csv = out.join("loss.csv");
+    let plot = out.join("loss.png");
+    let mut trainer = if resume {
+        let t = DitTrainer::resume(cfg, &ckpt_dir, source, device)?;
+        progress(&TrainEvent::Resumed { step: t.step(), path: ckpt_dir.clone() });
+        t
+    } else {
+        if let Some(found) = find_checkpoint(&ckpt_dir) {
+            return Err(TrainError::Resume {
+                path: found,
+                message: "this output folder already holds a checkpoint: resume it, or train into another folder".into(),
+            });
+        }
+        DitTrainer::new(cfg, device)?
+    };
+    let config_path = out.join("config.json");
+    let text = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config { path: config_path.clone(), message: e.to_string() })?;
+    std::fs::write(&config_path, text).map_err(|e| TrainError::io(&config_path, e))?;
+    let mut log = LossLog::open(&csv, resume.then_some(trainer.step()))?;
+
+    let started = Instant::now();
+    let mut last_loss = None;
+    let mut saved_at = trainer.step();
+    while trainer.step() < cfg.steps {
+        let stats = trainer.train_step(source)?;
+        last_loss = Some(stats.loss);
+        let step = trainer.step();
+        log.append(&LossRow { step, loss: stats.loss, lr: stats.lr, seconds: trainer.seconds() })?;
+        progress(&TrainEvent::Step {
+            step,
+            total: cfg.steps,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            samples_per_sec: cfg.batch_size as f64 / stats.duration.as_secs_f64().max(1e-9),
+            elapsed: Duration::from_secs_f64(trainer.seconds()),
+        });
+        let out_of_time = cfg.max_seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
+        let due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
+        if due || out_of_time || step == cfg.steps {
+            trainer.save(&ckpt_dir, source)?;
+            write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
+            saved_at = step;
+            progress(&TrainEvent::Checkpoint { step, path: ckpt_dir.clone() });
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    if saved_at != trainer.step() || !ckpt_dir.join("state.json").is_file() {
+        trainer.save(&ckpt_dir, source)?;
+        progress(&TrainEvent::Checkpoint { step: trainer.step(), path: ckpt_dir.clone() });
+    }
+    if csv.is_file() {
+        write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
+    }
+    let exported = match &cfg.vae {
+        Some(vae) if trainer.step() >= cfg.steps => {
+            let dir = out.join("model");
+            trainer.export(vae, &dir)?;
+            progress(&TrainEvent::Exported { step: trainer.step(), path: dir.clone() });
+            Some(dir)
+        }
+        _ => None,
+    };
+    progress(&TrainEvent::Done { step: trainer.step() });
+    Ok(TrainSummary { steps: trainer.step(), last_loss, checkpoint: ckpt_dir, exported, seconds: trainer.seconds() })
+}
+
+/// Speed of a model size on this machine (see [`benchmark`]).
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub dit_parameters: usize,
+    pub text_parameters: usize,
+    pub tokens: usize,
+    /// Training clips per second (median over the timed steps, after one warm-up step).
+    pub train_samples_per_sec: f64,
+    /// One CFG sampling step: a batch-2 forward on inference (non-`Var`) weights, median.
+    pub cfg_step_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times `steps` training steps on synthetic latents of shape `[C, F', H', W']` and `steps`
+/// CFG sampling forwards of the same size.
+pub fn benchmark(cfg: &DitTrainConfig, latent_shape: [usize; 4], steps: usize, device: &Device) -> Result<BenchReport> {
+    let mut trainer = DitTrainer::new(cfg, device)?;
+    let captions = vec!["a red ball".to_string(), "a blue box".to_string()];
+    let captions: Vec<String> = captions
+        .into_iter()
+        .filter(|c| trainer.models.text_encoder.tokenize(std::slice::from_ref(c)).is_ok())
+        .collect();
+    let captions = if captions.is_empty() { vec![String::new()] } else { captions };
+    let mut source = SyntheticLatents::new(cfg.seed, latent_shape, captions, device)?;
+    let mut train = Vec::new();
+    for i in 0..=steps {
+        let s = trainer.train_step(&mut source)?;
+        if i > 0 {
+            train.push(cfg.batch_size as f64 / s.duration.as_secs_f64());
+        }
+    }
+    // inference weights: plain tensors, so the fused kernels run as in the pipeline
+    let (dit_weights, _) = split_components(&trainer.weights());
+    let plain: HashMap<String, Tensor> = dit_weights.into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<Result<_>>()?;
+    let model = WanTransformer3DModel::new(&trainer.models.transformer_cfg, VarBuilder::from_tensors(plain, DType::F32, device))?;
+    let [c, f, h, w] = latent_shape;
+    let x = TrainRng::new(1).gaussian(&[2, c, f, h, w], device)?;
+    let t = Tensor::new(&[500f32, 500.0], device)?;
+    let ctx = TrainRng::new(2).gaussian(&[2, cfg.text_len, cfg.text_encoder.d_model], device)?;
+    let mut sample = Vec::new();
+    for i in 0..=steps {
+        let start = Instant::now();
+        let v = model.forward(&x, &t, &ctx, None)?;
+        v.sum_all()?.to_scalar::<f32>()?;
+        if i > 0 {
+            sample.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let (dit_parameters, text_parameters) = trainer.models.num_parameters();
+    let [pt, ph, pw] = cfg.transformer.patch_size;
+    Ok(BenchReport {
+        dit_parameters,
+        text_parameters,
+        tokens: (f / pt) * (h / ph) * (w / pw),
+        train_samples_per_sec: median(train),
+        cfg_step_seconds: median(sample),
+    })
+}

@@ -1,0 +1,212 @@
+//! The flow-matching objective, matched to what ciak's samplers do with the model.
+//!
+//! The samplers (UniPC with flow sigmas, flow-match Euler) integrate `dx/dsigma = v` from
+//! sigma = 1 (noise) to 0 (data) along `x_sigma = (1 - sigma) * x0 + sigma * noise`, calling the
+//! model with `timestep = sigma * 1000`. So training feeds the model that `x_sigma` and that
+//! timestep (a float, as Euler passes it; UniPC passes it truncated to an integer, which the
+//! sinusoidal embedding barely distinguishes) and regresses the velocity `noise - x0` with MSE.
+//!
+//! Noise levels: by default `u ~ U[0, 1)` mapped through the sampler's shift
+//! `sigma = s*u / (1 + (s-1)*u)`. The sampler's grid is that same map applied to a uniform grid,
+//! so training sees noise levels with the density the sampler visits them (shift 3 puts 3/4 of
+//! the mass above sigma 0.5, where the layout of a clip is decided). Logit-normal (SD3) is there
+//! as an option.
+
+use super::Result;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// A seeded generator whose whole state is one `u64` (SplitMix64), so a checkpoint saves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainRng {
+    pub state: u64,
+}
+
+impl TrainRng {
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in (0, 1]: never 0, so logarithms stay finite.
+    fn open01(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// One standard normal (Box-Muller, the cosine branch).
+    pub fn normal(&mut self) -> f64 {
+        let r = (-2.0 * self.open01().ln()).sqrt();
+        r * (std::f64::consts::TAU * self.open01()).cos()
+    }
+
+    /// `n` standard normals as f32, both Box-Muller branches used.
+    pub fn normals(&mut self, n: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let r = (-2.0 * self.open01().ln()).sqrt();
+            let theta = std::f64::consts::TAU * self.open01();
+            out.push((r * theta.cos()) as f32);
+            out.push((r * theta.sin()) as f32);
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// Standard normal noise of `shape`, f32 on `device`.
+    pub fn gaussian(&mut self, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let n = shape.iter().product();
+        Ok(Tensor::from_vec(self.normals(n), shape, device)?)
+    }
+}
+
+/// How training draws noise levels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SigmaSampling {
+    /// `u ~ U[0, 1)` through the sampler's shift: the density of the sampler's own grid.
+    ShiftedUniform,
+    /// `u = sigmoid(N(mean, std))` through the shift (Stable Diffusion 3's choice).
+    LogitNormal { mean: f64, std: f64 },
+}
+
+/// The flow shift map of the samplers, `s*u / (1 + (s-1)*u)`.
+pub fn shift_sigma(u: f64, shift: f64) -> f64 {
+    shift * u / (1.0 + (shift - 1.0) * u)
+}
+
+impl SigmaSampling {
+    pub fn sample(&self, rng: &mut TrainRng, shift: f64) -> f64 {
+        let u = match *self {
+            SigmaSampling::ShiftedUniform => rng.uniform(),
+            SigmaSampling::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean + std * rng.normal())).exp()),
+        };
+        shift_sigma(u, shift)
+    }
+}
+
+/// The timestep the samplers pass for noise level `sigma` (`sigma * 1000` in f32, like Euler).
+pub fn timestep_of(sigma: f32) -> f32 {
+    sigma * 1000.0
+}
+
+/// Noisy inputs and velocity targets of a batch.
+#[derive(Debug, Clone)]
+pub struct FlowBatch {
+    /// `(1 - sigma) * x0 + sigma * noise`, [B, C, F, H, W] f32.
+    pub noisy: Tensor,
+    /// `noise - x0`, like `noisy`.
+    pub target: Tensor,
+    /// [B] f32: `sigma * 1000` per clip.
+    pub timesteps: Tensor,
+}
+
+/// Builds the model inputs and targets from clean latents, noise and one sigma per clip.
+///
+/// Shapes: x0 [B, ...], noise like x0, sigmas (B) -> FlowBatch.
+pub fn flow_batch(x0: &Tensor, noise: &Tensor, sigmas: &[f32]) -> Result<FlowBatch> {
+    let b = x0.dim(0)?;
+    if sigmas.len() != b || noise.dims() != x0.dims() {
+        return Err(super::TrainError::Data(format!(
+            "flow_batch: expected {b} sigmas and noise of shape {:?}, got {} and {:?}",
+            x0.dims(),
+            sigmas.len(),
+            noise.dims()
+        )));
+    }
+    let x0 = x0.to_dtype(DType::F32)?;
+    let mut shape = vec![b];
+    shape.resize(x0.rank(), 1);
+    let s = Tensor::from_vec(sigmas.to_vec(), shape.as_slice(), x0.device())?;
+    let one_minus = Tensor::from_vec(sigmas.iter().map(|s| 1.0 - s).collect::<Vec<f32>>(), shape.as_slice(), x0.device())?;
+    let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&s)?)?;
+    let target = (noise - &x0)?;
+    let timesteps = Tensor::from_vec(sigmas.iter().map(|&s| timestep_of(s)).collect::<Vec<f32>>(), b, x0.device())?;
+    Ok(FlowBatch { noisy, target, timesteps })
+}
+
+/// Mean squared error over every element (f32 scalar).
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
+}
+
+/// Classifier-free-guidance dropout: each caption becomes `""` (the pipeline's default negative
+/// prompt) with probability `p`, so the model learns the unconditional velocity too.
+pub fn drop_captions(captions: &[String], p: f64, rng: &mut TrainRng) -> Vec<String> {
+    captions
+        .iter()
+        .map(|c| if rng.uniform() < p { String::new() } else { c.clone() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_uniform_matches_the_sampler_grid_density() {
+        let mut rng = TrainRng::new(7);
+        let shift = 3.0;
+        let n = 200_000;
+        let draws: Vec<f64> = (0..n).map(|_| SigmaSampling::ShiftedUniform.sample(&mut rng, shift)).collect();
+        // P(sigma <= x) = P(u <= x / (s - (s-1) x))
+        for x in [0.1, 0.25, 0.5, 0.75, 0.9] {
+            let want = x / (shift - (shift - 1.0) * x);
+            let got = draws.iter().filter(|&&d| d <= x).count() as f64 / n as f64;
+            assert!((got - want).abs() < 0.005, "P(sigma <= {x}) = {got}, want {want}");
+        }
+        assert!(draws.iter().all(|&d| (0.0..1.0).contains(&d)));
+        let ln: Vec<f64> = (0..1000).map(|_| SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 }.sample(&mut rng, 1.0)).collect();
+        assert!(ln.iter().all(|&d| d > 0.0 && d < 1.0));
+        // the grid of UniPC with shift 3 at 50 steps starts at 999, 993, 986 (wan-facts 6.1)
+        let grid: Vec<i64> = (0..3).map(|i| (shift_sigma(1.0 - i as f64 * (1.0 - 0.001) / 50.0, shift) * 1000.0) as i64).collect();
+        assert_eq!(grid[1..], [993, 986]);
+    }
+
+    #[test]
+    fn flow_batch_interpolates_and_targets_the_velocity() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = TrainRng::new(1);
+        let x0 = rng.gaussian(&[3, 2, 1, 2, 2], &dev)?;
+        let noise = rng.gaussian(&[3, 2, 1, 2, 2], &dev)?;
+        let fb = flow_batch(&x0, &noise, &[0.0, 0.25, 1.0])?;
+        let d = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d(&fb.noisy.get(0)?, &x0.get(0)?), 0.0);
+        assert_eq!(d(&fb.noisy.get(2)?, &noise.get(2)?), 0.0);
+        let mid = ((x0.get(1)? * 0.75)? + (noise.get(1)? * 0.25)?)?;
+        assert!(d(&fb.noisy.get(1)?, &mid) < 1e-6);
+        assert!(d(&fb.target, &(&noise - &x0)?) < 1e-6);
+        assert_eq!(fb.timesteps.to_vec1::<f32>()?, vec![0.0, 250.0, 1000.0]);
+        // a model that predicts the target exactly has zero loss; x0 = noisy - sigma * v
+        assert_eq!(mse(&fb.target, &fb.target)?.to_scalar::<f32>()?, 0.0);
+        let back = (&fb.noisy.get(1)? - (fb.target.get(1)? * 0.25)?)?;
+        assert!(d(&back, &x0.get(1)?) < 1e-6);
+        assert!(flow_batch(&x0, &noise, &[0.5]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn rng_is_seeded_and_normal() {
+        let a = TrainRng::new(5).normals(10_001);
+        let b = TrainRng::new(5).normals(10_001);
+        assert_eq!(a, b);
+        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
+        let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        let mut r = TrainRng::new(9);
+        let caps: Vec<String> = (0..10_000).map(|i| format!("c{i}")).collect();
+        let dropped = drop_captions(&caps, 0.1, &mut r).iter().filter(|c| c.is_empty()).count();
+        assert!((900..1100).contains(&dropped), "{dropped}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The trainer of ciak's built-in model: a Wan DiT and a toy UMT5 text encoder trained jointly on
+//! candle's autograd with the flow-matching (velocity) objective the pipeline samples.
+//!
+//! - [`flow`]: the objective (noise levels, noisy inputs, velocity target, caption dropout).
+//! - [`optim`]: AdamW with saved moments, global-norm clipping, warmup + cosine LR, EMA weights.
+//! - [`checkpoint`]: save and resume everything, bit-identically.
+//! - [`lossplot`]: the loss log (CSV) and its plot (PNG).
+//! - [`dit`]: the training run (`run_dit_training`) and its JSON config.
+//! - [`export`]: the diffusers-format folder that `WanPipeline::load` reads.
+pub mod checkpoint;
+pub mod dit;
+pub mod export;
+pub mod flow;
+pub mod lossplot;
+pub mod optim;
+
+pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
+
+use candle_core::Tensor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can stop a training run; each message says what was expected and found.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Engine(#[from] ciak_engine::error::CiakError),
+
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A training config or checkpoint state that does not parse or does not fit.
+    #[error("bad config {}: {message}", .path.display())]
+    Config { path: PathBuf, message: String },
+
+    /// A checkpoint that cannot be resumed (missing part, tensor, or a different model).
+    #[error("cannot resume from {}: {message}", .path.display())]
+    Resume { path: PathBuf, message: String },
+
+    /// The data source failed or returned a batch of the wrong shape.
+    #[error("data: {0}")]
+    Data(String),
+
+    /// The loss or the gradients stopped being finite.
+    #[error("training diverged at step {step}: {what}")]
+    Diverged { step: u64, what: String },
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+}
+
+/// One training batch: clean latents as the pipeline samples them (already normalised with the
+/// VAE's `latents_mean`/`latents_std`), and one caption per clip.
+#[derive(Debug, Clone)]
+pub struct LatentBatch {
+    /// [B, C, F', H', W'] f32.
+    pub latents: Tensor,
+    pub captions: Vec<String>,
+}
+
+/// Where training clips come from (the toy world through the VAE latent cache, or a test source).
+///
+/// The state round-trips through a checkpoint, so a resumed run draws the same batches as an
+/// uninterrupted one.
+pub trait LatentSource {
+    /// The next `n` clips; all of one latent shape (mixed aspect ratios go in separate batches).
+    fn batch(&mut self, n: usize) -> Result<LatentBatch>;
+
+    /// Where the source is in its stream (position, shuffle state, ...), saved with checkpoints.
+    fn state(&self) -> serde_json::Value;
+
+    /// Continues from a [`Self::state`] value.
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+}
+
+/// What a training run reports through its progress callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Continuing from the checkpoint in `path`, after `step` steps.
+    Resumed { step: u64, path: PathBuf },
+    /// `step` (1-based) finished.
+    Step {
+        step: u64,
+        total: u64,
+        loss: f64,
+        lr: f64,
+        /// Gradient norm before clipping.
+        grad_norm: f64,
+        /// Clips per second over this step (data, text encoder, DiT forward and backward, update).
+        samples_per_sec: f64,
+        /// Training time so far, across resumes.
+        elapsed: Duration,
+    },
+    /// A checkpoint (and the loss plot) was written after `step` steps.
+    Checkpoint { step: u64, path: PathBuf },
+    /// The diffusers folder of the EMA weights was written.
+    Exported { step: u64, path: PathBuf },
+    Done { step: u64 },
+}

@@ -1,0 +1,127 @@
+//! Resume is exact: N steps in one go and k steps + checkpoint + resume + N-k steps give the
+//! same bits (weights, EMA, AdamW moments, random stream, data position, loss log).
+#[path = "train_support.rs"]
+mod support;
+
+use candle_core::{Device, Tensor};
+use ciak_train::train::dit::{DitTrainer, SyntheticLatents};
+use ciak_train::train::lossplot::read_loss_csv;
+use ciak_train::train::{run_dit_training, LatentSource, TrainEvent};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+fn assert_same_bits(what: &str, a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
+    assert_eq!(a.len(), b.len(), "{what}: different tensor sets");
+    for (name, ta) in a {
+        let tb = b.get(name).unwrap_or_else(|| panic!("{what}: `{name}` missing"));
+        assert!(bits(ta) == bits(tb), "{what}: `{name}` differs");
+    }
+}
+
+fn source(dev: &Device) -> SyntheticLatents {
+    SyntheticLatents::new(5, [16, 2, 4, 6], support::captions(3), dev).unwrap()
+}
+
+fn load_part(dir: &Path, part: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join(format!("{part}.safetensors")), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn k_steps_then_resume_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let dev = Device::Cpu;
+    let (n, k) = (6, 2);
+
+    let mut straight = DitTrainer::new(&cfg, &dev).unwrap();
+    let mut src = source(&dev);
+    let mut losses = Vec::new();
+    for _ in 0..n {
+        losses.push(straight.train_step(&mut src).unwrap().loss);
+    }
+
+    let mut first = DitTrainer::new(&cfg, &dev).unwrap();
+    let mut src1 = source(&dev);
+    let mut resumed_losses = Vec::new();
+    for _ in 0..k {
+        resumed_losses.push(first.train_step(&mut src1).unwrap().loss);
+    }
+    let ckpt = tmp.path().join("ckpt");
+    first.save(&ckpt, &src1).unwrap();
+    drop(first);
+    drop(src1);
+
+    // a fresh source: its position comes back from the checkpoint
+    let mut src2 = source(&dev);
+    let mut second = DitTrainer::resume(&cfg, &ckpt, &mut src2, &dev).unwrap();
+    assert_eq!(second.step(), k as u64);
+    for _ in k..n {
+        resumed_losses.push(second.train_step(&mut src2).unwrap().loss);
+    }
+    assert_eq!(losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), resumed_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    assert_same_bits("weights", &straight.weights(), &second.weights());
+    assert_same_bits("ema", &straight.ema_weights(), &second.ema_weights());
+    assert_eq!(src.state(), src2.state());
+
+    // and the runs go on identically (moments and random stream were restored too)
+    let a = straight.train_step(&mut src).unwrap().loss;
+    let b = second.train_step(&mut src2).unwrap().loss;
+    assert_eq!(a.to_bits(), b.to_bits());
+    assert_same_bits("weights after one more step", &straight.weights(), &second.weights());
+    eprintln!("losses: {losses:?}");
+}
+
+#[test]
+fn run_dit_training_resumes_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let dev = Device::Cpu;
+    let straight_dir = tmp.path().join("straight");
+    let split_dir = tmp.path().join("split");
+
+    let mut events = Vec::new();
+    let summary = run_dit_training(&cfg, &mut source(&dev), &straight_dir, false, &dev, &mut |e| events.push(e.clone())).unwrap();
+    assert_eq!(summary.steps, cfg.steps);
+    assert!(summary.exported.is_none(), "no VAE configured, so no export");
+    let steps: Vec<u64> = events.iter().filter_map(|e| if let TrainEvent::Step { step, .. } = e { Some(*step) } else { None }).collect();
+    assert_eq!(steps, (1..=cfg.steps).collect::<Vec<_>>());
+    let ckpts: Vec<u64> = events.iter().filter_map(|e| if let TrainEvent::Checkpoint { step, .. } = e { Some(*step) } else { None }).collect();
+    assert_eq!(ckpts, vec![3, 6]);
+    for file in ["loss.csv", "loss.png", "config.json", "checkpoint/state.json", "checkpoint/model.safetensors"] {
+        assert!(straight_dir.join(file).is_file(), "missing {file}");
+    }
+
+    // interrupted after one step by the time limit, then resumed with the same settings
+    let mut first = cfg.clone();
+    first.max_seconds = Some(0.0);
+    let s = run_dit_training(&first, &mut source(&dev), &split_dir, false, &dev, &mut |_| {}).unwrap();
+    assert_eq!(s.steps, 1);
+    // a fresh run into a folder with a checkpoint is refused instead of overwriting it
+    let err = run_dit_training(&cfg, &mut source(&dev), &split_dir, false, &dev, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("already holds a checkpoint"), "{err}");
+    let mut events = Vec::new();
+    let s = run_dit_training(&cfg, &mut source(&dev), &split_dir, true, &dev, &mut |e| events.push(e.clone())).unwrap();
+    assert_eq!(s.steps, cfg.steps);
+    assert!(matches!(events[0], TrainEvent::Resumed { step: 1, .. }));
+
+    for part in ["model", "ema", "optim"] {
+        assert_same_bits(part, &load_part(&straight_dir.join("checkpoint"), part), &load_part(&split_dir.join("checkpoint"), part));
+    }
+    let a = read_loss_csv(&straight_dir.join("loss.csv")).unwrap();
+    let b = read_loss_csv(&split_dir.join("loss.csv")).unwrap();
+    assert_eq!(a.len(), cfg.steps as usize);
+    assert_eq!(b.len(), cfg.steps as usize);
+    for (ra, rb) in a.iter().zip(&b) {
+        assert_eq!((ra.step, ra.loss.to_bits(), ra.lr.to_bits()), (rb.step, rb.loss.to_bits(), rb.lr.to_bits()));
+    }
+
+    // a different model size is refused with a message naming it
+    let mut other = cfg.clone();
+    other.transformer.num_layers = 3;
+    let err = run_dit_training(&other, &mut source(&dev), &split_dir, true, &dev, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("transformer"), "{err}");
+}
