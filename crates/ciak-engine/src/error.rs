@@ -4,8 +4,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CiakError {
     /// A model name or folder that resolves to nothing; `searched` lists every place looked at.
-    #[error("model `{spec}` not found; looked for {}", list_paths(.searched))]
-    ModelNotFound { spec: String, searched: Vec<PathBuf> },
+    #[error("model `{spec}` not found; looked for {} (built-in models: {})", list_paths(.searched), .builtin.join(", "))]
+    ModelNotFound { spec: String, searched: Vec<PathBuf>, builtin: Vec<String> },
 
     /// A file the checkpoint needs is absent (config.json, a shard named by an index, ...).
     #[error("missing {what}: expected {}", .path.display())]

@@ -89,6 +89,37 @@ impl WanModelDir {
     pub fn tokenizer_json(&self) -> PathBuf {
         self.tokenizer.join("tokenizer.json")
     }
+
+    /// The model's own generation defaults (`ciak.json` beside `model_index.json`), else Wan2.1's.
+    pub fn defaults(&self) -> Result<GenerationDefaults> {
+        let path = self.root.join("ciak.json");
+        if path.is_file() {
+            read_json(&path, "ciak.json")
+        } else {
+            Ok(GenerationDefaults::default())
+        }
+    }
+}
+
+/// What a clip looks like when the user gives no flags. Wan2.1's published settings unless the
+/// model folder says otherwise in `ciak.json` (the built-in model does: it is trained at 224x128).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct GenerationDefaults {
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub fps: f64,
+    pub steps: usize,
+    pub guidance: f64,
+    pub negative_prompt: String,
+}
+
+impl Default for GenerationDefaults {
+    /// diffusers' WanPipeline defaults; 16 fps is Wan2.1's `sample_fps`.
+    fn default() -> Self {
+        Self { width: 832, height: 480, frames: 81, fps: 16.0, steps: 50, guidance: 5.0, negative_prompt: String::new() }
+    }
 }
 
 /// The Hugging Face hub cache folders, in the order huggingface_hub itself consults them.
@@ -123,9 +154,12 @@ pub fn hf_snapshot(cache: &Path, repo_id: &str) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-/// A folder path as given, or a Hugging Face id (`org/name`) found in the local cache. Nothing
-/// is downloaded; the error lists every place that was looked at.
+/// A built-in model name, a folder path as given, or a Hugging Face id (`org/name`) found in the
+/// local cache. Nothing is downloaded; the error lists every name and place that was tried.
 pub fn resolve_model_path(spec: &str) -> Result<PathBuf> {
+    if crate::builtin::is_builtin_name(spec) {
+        return crate::builtin::materialize();
+    }
     let as_path = PathBuf::from(spec);
     if as_path.is_dir() {
         return Ok(as_path);
@@ -140,5 +174,9 @@ pub fn resolve_model_path(spec: &str) -> Result<PathBuf> {
             searched.push(cache.join(format!("models--{}", spec.replace('/', "--"))));
         }
     }
-    Err(CiakError::ModelNotFound { spec: spec.to_string(), searched })
+    Err(CiakError::ModelNotFound {
+        spec: spec.to_string(),
+        searched,
+        builtin: crate::builtin::NAMES.iter().map(|n| n.to_string()).collect(),
+    })
 }

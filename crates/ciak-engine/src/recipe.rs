@@ -72,9 +72,33 @@ pub fn weight_files(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// [`weights_sha256`], remembered per (file, size, modification time) in the ciak cache folder,
+/// so tens of gigabytes of real weights are hashed once, not on every run.
+pub fn weights_sha256(root: &Path) -> Result<String> {
+    let mut stamp = Sha256::new();
+    for path in weight_files(root)? {
+        let meta = std::fs::metadata(&path).map_err(|e| CiakError::io(&path, e))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        stamp.update(format!("{}\0{}\0{:?}\0", path.display(), meta.len(), mtime).as_bytes());
+    }
+    let key: String = stamp.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let cache = crate::builtin::cache_root().join("weights-sha256").join(&key);
+    if let Ok(hash) = std::fs::read_to_string(&cache) {
+        if hash.len() == 64 {
+            return Ok(hash);
+        }
+    }
+    let hash = weights_sha256_uncached(root)?;
+    // The cache is an optimisation: a read-only cache folder just means hashing again next time.
+    if let Some(dir) = cache.parent() {
+        let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&cache, &hash));
+    }
+    Ok(hash)
+}
+
 /// sha256 over the model's weights: each file's relative path, a NUL, then its bytes, in path
 /// order, so renaming or reordering shards changes the hash and nothing else does.
-pub fn weights_sha256(root: &Path) -> Result<String> {
+pub fn weights_sha256_uncached(root: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for path in weight_files(root)? {

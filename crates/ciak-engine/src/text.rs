@@ -112,6 +112,25 @@ impl PromptTokenizer {
         self.max_len
     }
 
+    /// The words of `prompt` the vocabulary does not know (they become `<unk>` and carry no
+    /// meaning for the model), in order, as they appear in the cleaned prompt.
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>> {
+        let Some(unk) = self.full.token_to_id("<unk>") else { return Ok(Vec::new()) };
+        let text = prompt_clean(prompt);
+        let enc = self
+            .full
+            .encode(text.as_str(), false)
+            .map_err(|e| CiakError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        let words = enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .filter(|(&id, _)| id == unk)
+            .filter_map(|(_, &(a, b))| text.get(a..b).map(str::to_string))
+            .collect();
+        Ok(words)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -3,7 +3,7 @@ use crate::options::{default_output_name, frames_for_seconds, parse_aspect, pars
 use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use ciak_engine::model_dir::{resolve_model_path, WanModelDir};
+use ciak_engine::model_dir::{resolve_model_path, GenerationDefaults, WanModelDir};
 use ciak_engine::pipeline::{GenerateRequest, Geometry, LoadOptions, WanPipeline};
 use ciak_engine::recipe::{weights_sha256, Recipe, StageTime};
 use ciak_engine::scheduler::SchedulerKind;
@@ -16,7 +16,8 @@ use std::time::Instant;
 pub struct GenerateArgs {
     /// What to show. Required unless --recipe gives it.
     pub prompt: Option<String>,
-    /// A diffusers folder, or a Hugging Face id found in the local cache.
+    /// The built-in model (`builtin`, the default), a diffusers folder, or a Hugging Face id
+    /// found in the local cache.
     #[arg(long, env = "CIAK_MODEL")]
     pub model: Option<String>,
     /// Frame size as WIDTHxHEIGHT (multiples of 16).
@@ -31,12 +32,15 @@ pub struct GenerateArgs {
     /// Number of frames, of the form 1+4k.
     #[arg(long)]
     pub frames: Option<usize>,
-    #[arg(long, default_value_t = 16.0)]
-    pub fps: f64,
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Frames per second (default: the model's).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Denoising steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Flow shift (default: the checkpoint scheduler's).
     #[arg(long)]
     pub shift: Option<f64>,
@@ -46,14 +50,15 @@ pub struct GenerateArgs {
     /// Seed of the first clip (default: random, printed and recorded in the recipe).
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, default_value = "")]
-    pub negative_prompt: String,
+    /// What to steer away from (default: the model's).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
     /// Render N clips from seeds seed, seed+1, ...
     #[arg(long, default_value_t = 1)]
     pub variations: usize,
-    /// f32, bf16 or f16 for the transformer and text encoder (the VAE stays f32).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// f32, bf16 or f16 for the transformer and text encoder (the VAE stays f32). Default f32.
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// cpu or cuda (cuda:N for another GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -75,7 +80,7 @@ pub struct GenerateArgs {
     /// Write a Chrome trace (chrome://tracing, Perfetto) of every stage and step to FILE.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Say more (e.g. token counts).
+    /// Say more (token counts, words the model does not know).
     #[arg(short, long)]
     pub verbose: bool,
 }
@@ -104,15 +109,12 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// Everything one run needs, resolved from flags (and a recipe) before any model work.
+/// Everything one run needs: flags first, then the recipe, then the model's own defaults.
 struct Plan {
-    model: String,
     prompt: String,
     negative_prompt: String,
-    size: Option<(usize, usize)>,
-    aspect: Option<f64>,
-    frames: Option<usize>,
-    seconds: Option<f64>,
+    size: (usize, usize),
+    frames: usize,
     fps: f64,
     steps: usize,
     guidance: f64,
@@ -122,9 +124,13 @@ struct Plan {
     dtype: DType,
 }
 
-fn plan(args: &GenerateArgs) -> Result<Plan> {
-    let recipe = args.recipe.as_deref().map(Recipe::read).transpose()?;
-    let prompt = match (&args.prompt, &recipe) {
+/// Flags and recipe, before the model is known.
+fn read_recipe(args: &GenerateArgs) -> Result<Option<Recipe>> {
+    Ok(args.recipe.as_deref().map(Recipe::read).transpose()?)
+}
+
+fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefaults, geometry: &Geometry) -> Result<Plan> {
+    let prompt = match (&args.prompt, recipe) {
         (Some(p), _) => p.clone(),
         (None, Some(r)) => r.prompt.clone(),
         (None, None) => bail!("expected a prompt: ciak generate \"a red ball moves right\""),
@@ -132,13 +138,8 @@ fn plan(args: &GenerateArgs) -> Result<Plan> {
     if prompt.trim().is_empty() {
         bail!("expected a prompt, got an empty one");
     }
-    let model = match (&args.model, &recipe) {
-        (Some(m), _) => m.clone(),
-        (None, Some(r)) => r.model.clone(),
-        (None, None) => bail!("expected --model FOLDER or a Hugging Face id (no built-in model ships yet)"),
-    };
-    let seed = args.seed.or(recipe.as_ref().map(|r| r.seed)).unwrap_or_else(random_seed);
-    let scheduler = match (&args.scheduler, &recipe) {
+    let seed = args.seed.or(recipe.map(|r| r.seed)).unwrap_or_else(random_seed);
+    let scheduler = match (&args.scheduler, recipe) {
         (Some(s), _) => Some(s.parse::<SchedulerKind>()?),
         (None, Some(r)) => Some(r.scheduler.parse::<SchedulerKind>()?),
         (None, None) => None,
@@ -146,29 +147,43 @@ fn plan(args: &GenerateArgs) -> Result<Plan> {
     if args.variations == 0 {
         bail!("expected --variations >= 1, got 0");
     }
-    if !(args.fps.is_finite() && args.fps > 0.0) {
-        bail!("expected --fps > 0, got {}", args.fps);
+    let fps = args.fps.or(recipe.map(|r| r.fps)).unwrap_or(defaults.fps);
+    if !(fps.is_finite() && fps > 0.0) {
+        bail!("expected --fps > 0, got {fps}");
     }
-    let r = recipe.as_ref();
+    let size = match (args.size.as_deref(), args.aspect.as_deref(), recipe) {
+        (Some(s), _, _) => parse_size(s)?,
+        (None, Some(a), _) => size_for_aspect((defaults.width, defaults.height), parse_aspect(a)?, geometry.size_multiple()),
+        (None, None, Some(r)) => (r.width, r.height),
+        (None, None, None) => (defaults.width, defaults.height),
+    };
+    let frames = match (args.frames, args.seconds, recipe) {
+        (Some(f), _, _) => f,
+        (None, Some(s), _) => frames_for_seconds(s, fps, geometry.temporal_ratio)?,
+        (None, None, Some(r)) => r.frames,
+        (None, None, None) => defaults.frames,
+    };
+    let dtype = match (&args.dtype, recipe) {
+        (Some(d), _) => d.as_str(),
+        (None, Some(r)) => r.dtype.as_str(),
+        (None, None) => "f32",
+    };
     Ok(Plan {
-        model,
         prompt,
-        negative_prompt: if args.negative_prompt.is_empty() {
-            r.map(|r| r.negative_prompt.clone()).unwrap_or_default()
-        } else {
-            args.negative_prompt.clone()
-        },
-        size: args.size.as_deref().map(parse_size).transpose()?.or(r.map(|r| (r.width, r.height))),
-        aspect: args.aspect.as_deref().map(parse_aspect).transpose()?,
-        frames: args.frames.or(r.map(|r| r.frames)),
-        seconds: args.seconds,
-        fps: r.map(|r| r.fps).filter(|_| args.fps == 16.0).unwrap_or(args.fps),
-        steps: r.map(|r| r.steps).filter(|_| args.steps == 50).unwrap_or(args.steps),
-        guidance: r.map(|r| r.guidance).filter(|_| args.guidance == 5.0).unwrap_or(args.guidance),
-        shift: args.shift.or(r.map(|r| r.shift)),
+        negative_prompt: args
+            .negative_prompt
+            .clone()
+            .or(recipe.map(|r| r.negative_prompt.clone()))
+            .unwrap_or_else(|| defaults.negative_prompt.clone()),
+        size,
+        frames,
+        fps,
+        steps: args.steps.or(recipe.map(|r| r.steps)).unwrap_or(defaults.steps),
+        guidance: args.guidance.or(recipe.map(|r| r.guidance)).unwrap_or(defaults.guidance),
+        shift: args.shift.or(recipe.map(|r| r.shift)),
         scheduler,
         seed,
-        dtype: parse_dtype(r.map(|r| r.dtype.as_str()).filter(|_| args.dtype == "f32").unwrap_or(&args.dtype))?,
+        dtype: parse_dtype(dtype)?,
     })
 }
 
@@ -211,11 +226,34 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let total_start = Instant::now();
-    let plan = plan(&args)?;
+    let recipe = read_recipe(&args)?;
     let _trace = args.trace.as_deref().map(start_trace).transpose()?;
     let device = parse_device(&args.device)?;
-    let root = resolve_model_path(&plan.model)?;
+    let model_spec = args.model.clone().or(recipe.as_ref().map(|r| r.model.clone())).unwrap_or_else(|| "builtin".into());
+    let root = resolve_model_path(&model_spec)?;
     let dir = WanModelDir::open(&root)?;
+    // Requests are checked against the model's configs before any weight is read.
+    let geometry = Geometry::of_model(&dir)?;
+    let plan = plan(&args, recipe.as_ref(), &dir.defaults()?, &geometry)?;
+    let (width, height) = plan.size;
+    let frames = plan.frames;
+    if frames < 2 {
+        bail!("expected at least 2 frames for an MP4, got {frames} (try --frames 5)");
+    }
+    let request = |seed: u64, scheduler: Option<SchedulerKind>, shift: Option<f64>| GenerateRequest {
+        prompt: plan.prompt.clone(),
+        negative_prompt: plan.negative_prompt.clone(),
+        width,
+        height,
+        frames,
+        steps: plan.steps,
+        guidance: plan.guidance,
+        shift,
+        scheduler,
+        seed,
+        vae_tiling: None,
+    };
+    geometry.validate(&request(plan.seed, plan.scheduler, plan.shift))?;
 
     // Outputs are named and checked before the model loads.
     let seeds: Vec<u64> = (0..args.variations as u64).map(|i| plan.seed.wrapping_add(i)).collect();
@@ -235,36 +273,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         check_writable(&out.with_extension("json"), args.force)?;
     }
 
-    // Requests are checked against the model's configs before any weight is read.
-    let geometry = Geometry::of_model(&dir)?;
-    let (width, height) = match (plan.size, plan.aspect) {
-        (Some(s), _) => s,
-        (None, Some(ratio)) => size_for_aspect((832, 480), ratio, geometry.size_multiple()),
-        (None, None) => (832, 480),
-    };
-    let frames = match (plan.frames, plan.seconds) {
-        (Some(f), _) => f,
-        (None, Some(s)) => frames_for_seconds(s, plan.fps, geometry.temporal_ratio)?,
-        (None, None) => 81,
-    };
-    if frames < 2 {
-        bail!("expected at least 2 frames for an MP4, got {frames} (try --frames 5)");
-    }
-    let request = |seed: u64, scheduler: Option<SchedulerKind>, shift: Option<f64>| GenerateRequest {
-        prompt: plan.prompt.clone(),
-        negative_prompt: plan.negative_prompt.clone(),
-        width,
-        height,
-        frames,
-        steps: plan.steps,
-        guidance: plan.guidance,
-        shift,
-        scheduler,
-        seed,
-        vae_tiling: None,
-    };
-    geometry.validate(&request(plan.seed, plan.scheduler, plan.shift))?;
-
     let reporter = Reporter::new(args.json);
     reporter.stage(1, seeds.len(), "loading model");
     let load_start = Instant::now();
@@ -278,6 +286,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let clip = i + 1;
         let req = request(seed, Some(scheduler_kind), Some(shift));
         let result = pipe.generate(&req, &mut |p| reporter.report(clip, seeds.len(), p), None)?;
+        if args.verbose && i == 0 {
+            let unknown = pipe.text_encoder.tokenizer().unknown_words(&plan.prompt)?;
+            if !unknown.is_empty() {
+                eprintln!("words the model does not know (ignored): {}", unknown.join(", "));
+            }
+        }
         if result.prompt_tokens.truncated {
             eprintln!(
                 "warning: the prompt needs {} tokens; the text encoder reads {}, so it was cut",
@@ -292,7 +306,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let mut timings = vec![StageTime::new("load", load_time.as_secs_f64())];
         timings.extend(result.timings.iter().map(|(k, d)| StageTime::new(*k, d.as_secs_f64())));
         let mut recipe = Recipe {
-            model: plan.model.clone(),
+            model: model_spec.clone(),
             weights_sha256: weights.clone(),
             scheduler: scheduler_kind.to_string(),
             steps: plan.steps,
