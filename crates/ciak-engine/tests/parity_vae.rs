@@ -118,6 +118,12 @@ fn decode_tiled_matches_diffusers() {
     assert!((diff - diff_ref).abs() <= 1e-4, "tiling error differs from diffusers': {diff} vs {diff_ref}");
     assert!((diff - TILED_VS_UNTILED_MEASURED).abs() <= TILED_VS_UNTILED_TOL, "tiled vs untiled {diff}");
 
+    // Bad tile settings are an error, not a silent gap or an endless loop.
+    let bad = TileConfig { tile_sample_stride_height: 4, ..tiles };
+    assert!(vae.decode_tiled(z, &bad).unwrap_err().to_string().contains("tile strides of at least 8 pixels"));
+    let bad = TileConfig { tile_sample_stride_width: 40, ..tiles };
+    assert!(vae.decode_tiled(z, &bad).unwrap_err().to_string().contains("no larger than the tile sizes"));
+
     // Latents that fit in one tile decode exactly as without tiling (diffusers' rule).
     let small = vae.decode_tiled(&z.narrow(3, 0, 4).unwrap().narrow(4, 0, 4).unwrap(), &tiles).unwrap();
     let plain = vae.decode(&z.narrow(3, 0, 4).unwrap().narrow(4, 0, 4).unwrap()).unwrap();

@@ -219,7 +219,7 @@ impl Encoder3d {
         })
     }
 
-    /// Shapes: x (T, C_in, H, W) one chunk, frame-major -> (T', 2·z_dim, H/8, W/8).
+    /// Shapes: x (T, C_in, H, W) one chunk, frame-major -> (T', 2*z_dim, H/8, W/8).
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = self.conv_in.forward_cached(x, cache, self.conv_in_slot)?;
         for layer in &self.down_blocks {
@@ -456,7 +456,12 @@ impl AutoencoderKLWan {
         let lat_stride_h = tiles.tile_sample_stride_height / ratio;
         let lat_stride_w = tiles.tile_sample_stride_width / ratio;
         if lat_stride_h == 0 || lat_stride_w == 0 {
-            candle_core::bail!("tile strides must be at least {ratio} pixels, got {tiles:?}");
+            candle_core::bail!("expected tile strides of at least {ratio} pixels, got {tiles:?}");
+        }
+        if tiles.tile_sample_stride_height > tiles.tile_sample_min_height
+            || tiles.tile_sample_stride_width > tiles.tile_sample_min_width
+        {
+            candle_core::bail!("expected tile strides no larger than the tile sizes, got {tiles:?}");
         }
         if w <= lat_min_w && h <= lat_min_h {
             return self.decode(z);

@@ -77,7 +77,7 @@ fn trailing_frames(prev: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
 pub struct Conv2d {
     /// `(C_out, C_in, k, k)`; only the strided (downsampling) path uses it in this form.
     weight: Tensor,
-    /// `(C_out, C_in·k·k)`, the GEMM form.
+    /// `(C_out, C_in*k*k)`, the GEMM form.
     weight_2d: Tensor,
     bias: Tensor,
     k: usize,
@@ -106,21 +106,21 @@ impl Module for Conv2d {
 }
 
 /// Upper bound on the im2col buffer of one GEMM; larger convs run in bands of output rows.
-/// Small bands stay in cache and reuse freed memory: on a base_dim 8 decode at 128x224,
-/// 1 MiB bands are 2.2x faster than 16 MiB ones and 4.5x faster than 64 MiB ones.
-const COL_BUDGET_BYTES: usize = 1 << 20;
+/// Bands that stay in cache win: a base_dim 8 decode to 25x128x224 took ~0.8 s CPU with 2 MiB,
+/// ~1.05 s with 256 KiB (per-band overhead) and ~2.2-2.5 s with 16 MiB (cache misses).
+const COL_BUDGET_BYTES: usize = 2 << 20;
 
 /// Convolution as im2col + GEMM: stride 1 in space, `stride_t` in time, no time padding
 /// (callers pad), symmetric spatial padding `pad`.
 ///
-/// The spatially padded frames are flattened to rows of `(H+2p+1)·(W+2p)` values; the window of
-/// tap (dy, dx) is then the contiguous range starting at `dy·Wp + dx`, so the spatial im2col
+/// The spatially padded frames are flattened to rows of `(H+2p+1)*(W+2p)` values; the window of
+/// tap (dy, dx) is then the contiguous range starting at `dy*Wp + dx`, so the spatial im2col
 /// matrix of each input frame is one memcpy per (channel, tap) instead of a per-pixel gather.
 /// It is built once per input frame; the kt frames an output frame needs are then a contiguous
-/// (kt·C·k·k, len) block used in place, so time taps cost no extra copies. Outputs are computed on
+/// (kt*C*k*k, len) block used in place, so time taps cost no extra copies. Outputs are computed on
 /// the padded width and the `2p` extra columns dropped. Large frames run in bands of rows.
 ///
-/// Shapes: seq (T_in, C, H, W), weight (C_out, kt·C·k·k) in (t, c, y, x) order
+/// Shapes: seq (T_in, C, H, W), weight (C_out, kt*C*k*k) in (t, c, y, x) order
 /// -> (T_out, C_out, H+2p-k+1, W+2p-k+1), T_out = (T_in - kt) / stride_t + 1.
 fn conv_gemm(
     seq: &Tensor,
@@ -160,13 +160,13 @@ fn conv_gemm(
                     taps.push(flat.narrow(2, (r0 + dy) * wp + dx, len)?.unsqueeze(2)?);
                 }
             }
-            // (T_in, C, k·k, len): copy2d-compatible, one memcpy per (frame, channel, tap).
+            // (T_in, C, k*k, len): copy2d-compatible, one memcpy per (frame, channel, tap).
             Tensor::cat(&taps, 2)?.reshape((t_in, kk9, len))?
         };
         let y = if kt == 1 && stride_t == 1 {
             weight.broadcast_as((t_out, c_out, kk9))?.matmul(&col)?
         } else {
-            // Frames t·s .. t·s+kt-1 of `col` are one contiguous (kt·C·k·k, len) matrix.
+            // Frames t*s .. t*s+kt-1 of `col` are one contiguous (kt*C*k*k, len) matrix.
             let ys = (0..t_out)
                 .map(|t| weight.matmul(&col.narrow(0, t * stride_t, kt)?.reshape((kt * kk9, len))?))
                 .collect::<Result<Vec<_>>>()?;
@@ -179,11 +179,11 @@ fn conv_gemm(
     Tensor::cat(&outs, 2)
 }
 
-/// `WanCausalConv3d`: Conv3d whose time padding (2·p_t) is all in front, spatial padding symmetric.
+/// `WanCausalConv3d`: Conv3d whose time padding (2*p_t) is all in front, spatial padding symmetric.
 /// candle has no conv3d; [`conv_gemm`] folds the time taps into the im2col matrix.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// `(C_out, kt·C_in·k·k)`: the checkpoint tensor with time taps outermost.
+    /// `(C_out, kt*C_in*k*k)`: the checkpoint tensor with time taps outermost.
     weight: Tensor,
     bias: Tensor,
     kt: usize,
@@ -194,7 +194,7 @@ pub struct CausalConv3d {
 }
 
 impl CausalConv3d {
-    /// `kernel` = (kt, k) with a k×k spatial kernel, `padding` = (p_t, p_s) as in nn.Conv3d.
+    /// `kernel` = (kt, k) with a kxk spatial kernel, `padding` = (p_t, p_s) as in nn.Conv3d.
     pub fn new(
         in_c: usize,
         out_c: usize,
@@ -279,7 +279,7 @@ impl Module for RmsNorm {
 }
 
 /// Sum over dim 1 of (N, C, H, W), keeping the dim. candle's CPU reduction over a middle dim
-/// does a divmod per element; as a (1×C)·(C×HW) matmul it is ~10x faster on large frames.
+/// does a divmod per element; as a (1xC) @ (CxHW) matmul it is ~10x faster on large frames.
 fn channel_sum(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if n * h * w < 4096 || !x.is_contiguous() {
@@ -289,7 +289,7 @@ fn channel_sum(x: &Tensor) -> Result<Tensor> {
     ones.matmul(&x.reshape((n, c, h * w))?)?.reshape((n, 1, h, w))
 }
 
-/// `WanResidualBlock`: two RMS-norm/SiLU/causal-conv stages plus a (1×1×1 conv) shortcut.
+/// `WanResidualBlock`: two RMS-norm/SiLU/causal-conv stages plus a (1x1x1 conv) shortcut.
 #[derive(Debug, Clone)]
 pub struct ResidualBlock {
     norm1: RmsNorm,
@@ -359,7 +359,7 @@ impl AttentionBlock {
         let scores = (q.transpose(1, 2)?.matmul(&k)? * (1.0 / (self.dim as f64).sqrt()))?;
         let dtype = scores.dtype();
         let probs = crate::wan::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        // out^T = v · probs^T keeps the result channel-first.
+        // out^T = v @ probs^T keeps the result channel-first.
         let out = v.matmul(&probs.t()?)?.reshape((t, c, h, w))?;
         self.proj.forward(&out)? + x
     }
@@ -374,7 +374,7 @@ pub enum ResampleMode {
     Downsample3d,
 }
 
-/// `WanResample`: per-frame 2× spatial up/down sampling, with a causal time conv for the 3d modes.
+/// `WanResample`: per-frame 2x spatial up/down sampling, with a causal time conv for the 3d modes.
 #[derive(Debug, Clone)]
 pub struct Resample {
     mode: ResampleMode,
@@ -581,9 +581,14 @@ mod tests {
         conv_case(4, 8, 3, 1, 1, 1, 0, 4, (6, 7)); // upsample3d time_conv
         conv_case(4, 4, 3, 1, 2, 0, 0, 5, (6, 7)); // downsample3d time_conv
         conv_case(3, 6, 1, 1, 1, 0, 0, 3, (6, 7)); // shortcut / quant conv
-                                                   // Big enough for the im2col buffer to exceed COL_BUDGET_BYTES: runs in row bands.
-        const { assert!(3 * 16 * 27 * 42 * 4 * 40 > COL_BUDGET_BYTES) };
+
+        // im2col of (3 + 2 pad) frames x 16 ch x 9 taps x 42 x 40 floats exceeds the budget: row bands.
+        const { assert!(5 * 16 * 9 * 42 * 40 * 4 > 2 * COL_BUDGET_BYTES) };
         conv_case(16, 8, 3, 3, 1, 1, 1, 3, (40, 40));
+        // 1x1 time convs in bands: (4 + 2) and 5 frames x 64 ch x 64 x 64 floats.
+        const { assert!(5 * 64 * 64 * 64 * 4 > 2 * COL_BUDGET_BYTES) };
+        conv_case(64, 8, 3, 1, 1, 1, 0, 4, (64, 64));
+        conv_case(64, 8, 3, 1, 2, 0, 0, 5, (64, 64));
     }
 
     #[test]
