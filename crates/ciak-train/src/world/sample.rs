@@ -1,0 +1,214 @@
+//! Random scenes: every attribute value reachable, objects planned to stay inside the frame and
+//! apart, colours resampled until they contrast with the background.
+use super::color::Color;
+use super::scene::{
+    Aspect, Background, CameraKind, CameraMove, Motion, Object, Scene, Shape, Size, DEFAULT_FPS, DEFAULT_FRAMES,
+};
+use super::track::MARGIN_PX;
+use crate::rng::Rng;
+use crate::split::{is_held_out, is_held_out_combo, Split, HELD_OUT_COMBOS};
+use serde::{Deserialize, Serialize};
+use std::f32::consts::PI;
+
+/// Knobs of the scene distribution (serde, so a training run can record it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplerConfig {
+    /// Aspect ratios drawn uniformly.
+    pub aspects: Vec<Aspect>,
+    pub frames: usize,
+    pub fps: u32,
+    /// Relative weights of one, two and three objects.
+    pub object_count_weights: [f32; 3],
+    /// Relative weights of plain, sky over ground, checkerboard and gradient backgrounds.
+    pub background_weights: [f32; 4],
+    /// Chance of a camera move on a checkerboard (the only background where a move is visible).
+    pub camera_probability: f32,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            aspects: Aspect::ALL.to_vec(),
+            frames: DEFAULT_FRAMES,
+            fps: DEFAULT_FPS,
+            object_count_weights: [0.6, 0.3, 0.1],
+            background_weights: [0.45, 0.2, 0.2, 0.15],
+            camera_probability: 0.5,
+        }
+    }
+}
+
+/// Sky colours that read as a sky (day, clear, sunset, dusk, night).
+const SKIES: [Color; 6] = [Color::Blue, Color::Cyan, Color::Orange, Color::Purple, Color::Pink, Color::Black];
+const GROUNDS: [Color; 6] = [Color::Green, Color::Yellow, Color::White, Color::Orange, Color::Black, Color::Red];
+/// Checkerboards pair a light colour with a dark one.
+const CHECKER_LIGHT: [Color; 5] = [Color::White, Color::Yellow, Color::Cyan, Color::Pink, Color::Orange];
+const CHECKER_DARK: [Color; 5] = [Color::Black, Color::Blue, Color::Purple, Color::Red, Color::Green];
+
+/// Draws one scene; the result always passes [`Scene::validate`].
+pub fn sample_scene(rng: &mut Rng, cfg: &SamplerConfig, split: Split) -> Scene {
+    assert!(!cfg.aspects.is_empty(), "SamplerConfig.aspects is empty");
+    // Drawn once: retrying a crowded scene with a new count would skew the counts toward one.
+    let n = rng.weighted(&cfg.object_count_weights) + 1;
+    loop {
+        let aspect = rng.pick(&cfg.aspects);
+        let background = sample_background(rng, cfg);
+        let camera = match background {
+            Background::Checkerboard { .. } if rng.chance(cfg.camera_probability) => Some(sample_camera(rng)),
+            _ => None,
+        };
+        let mut scene = Scene { aspect, frames: cfg.frames.max(2), fps: cfg.fps, background, objects: Vec::new(), camera };
+        for k in 0..n {
+            let forced = (split == Split::Eval && k == 0).then(|| rng.pick(&HELD_OUT_COMBOS));
+            if !place_object(rng, &mut scene, split, forced) {
+                break;
+            }
+        }
+        if scene.objects.len() == n {
+            debug_assert_eq!(scene.validate(), Ok(()));
+            return scene;
+        }
+    }
+}
+
+fn sample_background(rng: &mut Rng, cfg: &SamplerConfig) -> Background {
+    match rng.weighted(&cfg.background_weights) {
+        0 => Background::Plain { color: rng.pick(&Color::ALL) },
+        1 => loop {
+            let (sky, ground) = (rng.pick(&SKIES), rng.pick(&GROUNDS));
+            if sky.contrasts_with(ground) {
+                break Background::SkyGround { sky, ground, horizon: rng.range(0.55, 0.7) };
+            }
+        },
+        2 => loop {
+            let (a, b) = (rng.pick(&CHECKER_LIGHT), rng.pick(&CHECKER_DARK));
+            if a.contrasts_with(b) {
+                break Background::Checkerboard { a, b, cell: rng.range(0.25, 0.33) };
+            }
+        },
+        _ => loop {
+            let (top, bottom) = (rng.pick(&Color::ALL), rng.pick(&Color::ALL));
+            if top.contrasts_with(bottom) {
+                break Background::Gradient { top, bottom };
+            }
+        },
+    }
+}
+
+fn sample_camera(rng: &mut Rng) -> CameraMove {
+    let kind = rng.pick(&CameraKind::ALL);
+    let amount = match kind {
+        CameraKind::PanLeft | CameraKind::PanRight => rng.range(0.25, 0.4),
+        CameraKind::ZoomIn | CameraKind::ZoomOut => rng.range(1.4, 1.7),
+    };
+    CameraMove { kind, amount }
+}
+
+/// Motions that stay readable under the scene's camera move, with their weights.
+fn motion_choices(scene: &Scene, shape: Shape) -> Vec<(Motion, f32)> {
+    Motion::ALL
+        .into_iter()
+        .filter(|&m| m != Motion::Spin || shape.can_spin())
+        .filter(|&m| match scene.camera.map(|c| c.kind) {
+            None => true,
+            // Sideways object motion under a pan would read as a faster or slower pan.
+            Some(CameraKind::PanLeft | CameraKind::PanRight) => {
+                matches!(m, Motion::Still | Motion::Up | Motion::Down | Motion::Bounce | Motion::Grow | Motion::Shrink | Motion::Spin)
+            }
+            Some(CameraKind::ZoomIn | CameraKind::ZoomOut) => matches!(m, Motion::Still | Motion::Spin),
+        })
+        // Four diagonals would otherwise take a third of all clips.
+        .map(|m| (m, if m.is_diagonal() { 0.5 } else { 1.0 }))
+        .collect()
+}
+
+/// Adds one object that fits; false after too many failed tries (the caller starts over).
+fn place_object(rng: &mut Rng, scene: &mut Scene, split: Split, forced: Option<(Color, Shape, Motion)>) -> bool {
+    let samples = scene.background.contrast_samples();
+    for _ in 0..40 {
+        let (color, shape, motion) = match forced {
+            Some(combo) => combo,
+            None => {
+                let shape = rng.pick(&Shape::ALL);
+                let choices = motion_choices(scene, shape);
+                let weights: Vec<f32> = choices.iter().map(|c| c.1).collect();
+                let motion = choices[rng.weighted(&weights)].0;
+                let colors: Vec<Color> = Color::ALL
+                    .into_iter()
+                    .filter(|&c| scene.objects.iter().all(|o| o.color != c))
+                    .filter(|&c| split == Split::Eval || !is_held_out_combo(c, shape, motion))
+                    .collect();
+                if colors.is_empty() {
+                    continue;
+                }
+                (rng.pick(&colors), shape, motion)
+            }
+        };
+        let rgb = color.rgb().map(f32::from);
+        if samples.iter().any(|s| super::color::delta_e(rgb, *s) < super::color::MIN_CONTRAST)
+            || !motion_choices(scene, shape).iter().any(|c| c.0 == motion)
+        {
+            if forced.is_some() {
+                return false;
+            }
+            continue;
+        }
+        let size = rng.pick(&Size::ALL);
+        let Some(amount) = sample_amount(rng, scene, shape, size, motion) else { continue };
+        let mut object = Object { shape, color, size, start: [0.5, 0.5], motion, amount };
+        let Some(start) = sample_start(rng, scene, object) else { continue };
+        object.start = start;
+        debug_assert!(split == Split::Eval || !is_held_out(&object));
+        scene.objects.push(object);
+        if scene.validate().is_ok() {
+            return true;
+        }
+        scene.objects.pop();
+    }
+    false
+}
+
+/// The motion's strength, shortened to what the frame allows; `None` if even a short move would
+/// not fit (a large shape moving along a short side).
+fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion: Motion) -> Option<f32> {
+    let (w, h) = (scene.width() as f32, scene.height() as f32);
+    let bound = size.fraction() * scene.short_side() * shape.bound_factor() + MARGIN_PX;
+    // Largest travel along each axis that keeps the shape inside, as a fraction of that axis.
+    let room_x = 1.0 - 2.0 * bound / w;
+    let room_y = 1.0 - 2.0 * bound / h;
+    let fit = |want: f32, room: f32, least: f32| (room >= least).then(|| want.min(room));
+    match motion {
+        Motion::Left | Motion::Right => fit(rng.range(0.4, 0.6), room_x, 0.35),
+        Motion::Up | Motion::Down => fit(rng.range(0.4, 0.6), room_y, 0.35),
+        Motion::UpLeft | Motion::UpRight | Motion::DownLeft | Motion::DownRight => {
+            fit(rng.range(0.35, 0.5), room_x.min(room_y), 0.3)
+        }
+        Motion::Bounce => fit(rng.range(0.3, 0.45), room_y, 0.25),
+        Motion::Grow | Motion::Shrink => Some(rng.range(2.2, 2.8)),
+        Motion::Spin => Some(rng.range(0.9 * PI, 1.4 * PI)),
+        Motion::Still => Some(0.0),
+    }
+}
+
+/// A start position that keeps the whole track inside the frame (exact without zoom; with zoom the
+/// caller's validation rejects the rare misses).
+fn sample_start(rng: &mut Rng, scene: &Scene, object: Object) -> Option<[f32; 2]> {
+    let mut probe = scene.clone();
+    probe.objects = vec![object];
+    let (w, h) = (scene.width() as f32, scene.height() as f32);
+    let (mut lo_x, mut hi_x, mut lo_y, mut hi_y) = (f32::MIN, f32::MAX, f32::MIN, f32::MAX);
+    for f in 0..scene.frames {
+        let s = probe.object_state(0, f);
+        let b = s.bound + MARGIN_PX;
+        lo_x = lo_x.max(b - s.center[0]);
+        hi_x = hi_x.min(w - b - s.center[0]);
+        lo_y = lo_y.max(b - s.center[1]);
+        hi_y = hi_y.min(h - b - s.center[1]);
+    }
+    if lo_x > hi_x || lo_y > hi_y {
+        return None;
+    }
+    let zoom = probe.view(0).zoom;
+    Some([0.5 + rng.range(lo_x, hi_x) / zoom / w, 0.5 + rng.range(lo_y, hi_y) / zoom / h])
+}
