@@ -1,4 +1,5 @@
 //! ciak's engine: loading checkpoints, schedulers, the text-to-video pipeline, typed errors.
+pub mod bench;
 pub mod builtin;
 pub mod error;
 pub mod loader;

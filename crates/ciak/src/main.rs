@@ -1,4 +1,5 @@
 //! ciak: text to video on your own machine. `ciak generate "prompt"` writes a playable MP4.
+mod bench;
 mod doctor;
 mod generate;
 mod options;
@@ -20,6 +21,7 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Print what ciak sees (CPU, threads, CUDA, models in the cache) for a bug report.
     Doctor,
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Doctor => doctor::run(),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
