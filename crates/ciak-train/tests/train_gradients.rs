@@ -1,7 +1,8 @@
 //! The models train: built from a `VarMap`, the DiT, the UMT5 encoder and the VAE give finite,
 //! non-zero gradients to every parameter (the differentiable ops of `ciak_models::wan::ops`
-//! replace candle's fused kernels, which have no backward), and on the same weights the
-//! differentiable path and the fused inference path agree.
+//! replace candle's fused kernels, which have no backward), and on the same weights the training
+//! path and the fused inference path agree. f32 weights take the CPU custom ops; f64 weights take
+//! the composed ops (the path CUDA training uses) wherever the models do not cast to f32.
 #[path = "train_support.rs"]
 mod support;
 
@@ -23,7 +24,7 @@ fn randomize(map: &VarMap, seed: u64, std: f64) {
     for name in names {
         let var = &data[name];
         let t = (rng.gaussian(var.dims(), &Device::Cpu).unwrap() * std).unwrap();
-        var.set(&t).unwrap();
+        var.set(&t.to_dtype(var.dtype()).unwrap()).unwrap();
     }
 }
 
@@ -42,9 +43,9 @@ fn assert_all_gradients(what: &str, map: &VarMap, loss: &Tensor) {
     assert!(!names.is_empty());
     for name in names {
         let g = grads.get(data[name].as_tensor()).unwrap_or_else(|| panic!("{what}: `{name}` got no gradient"));
-        let abs = g.abs().unwrap().flatten_all().unwrap();
-        let max = abs.max(0).unwrap().to_scalar::<f32>().unwrap();
-        let sum = abs.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let abs = g.to_dtype(DType::F64).unwrap().abs().unwrap().flatten_all().unwrap();
+        let max = abs.max(0).unwrap().to_scalar::<f64>().unwrap();
+        let sum = abs.sum_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(sum.is_finite(), "{what}: `{name}` has a non-finite gradient");
         assert!(max > 0.0, "{what}: `{name}` has an all-zero gradient");
     }
@@ -52,14 +53,14 @@ fn assert_all_gradients(what: &str, map: &VarMap, loss: &Tensor) {
 }
 
 fn max_rel_diff(got: &Tensor, want: &Tensor) -> f64 {
-    let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let (got, want) = (got.to_dtype(DType::F64).unwrap(), want.to_dtype(DType::F64).unwrap());
+    let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert!(scale > 0.0);
     err / scale
 }
 
-#[test]
-fn transformer_gradients_and_fused_path_agree() {
+fn transformer_case(dtype: DType) {
     let dev = Device::Cpu;
     let cfg = WanTransformerConfig {
         num_attention_heads: 2,
@@ -73,28 +74,33 @@ fn transformer_gradients_and_fused_path_agree() {
         ..WanTransformerConfig::wan21_t2v_1_3b()
     };
     let map = VarMap::new();
-    let model = WanTransformer3DModel::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+    let model = WanTransformer3DModel::new(&cfg, VarBuilder::from_varmap(&map, dtype, &dev)).unwrap();
     randomize(&map, 1, 0.3);
     let mut rng = TrainRng::new(2);
-    let x = rng.gaussian(&[2, 4, 2, 4, 6], &dev).unwrap();
-    let ctx = rng.gaussian(&[2, 5, 8], &dev).unwrap();
+    let x = rng.gaussian(&[2, 4, 2, 4, 6], &dev).unwrap().to_dtype(dtype).unwrap();
+    let ctx = rng.gaussian(&[2, 5, 8], &dev).unwrap().to_dtype(dtype).unwrap();
     let t = Tensor::new(&[999f32, 500.], &dev).unwrap();
     let out = model.forward(&x, &t, &ctx, None).unwrap();
     assert!(out.track_op(), "a Var model must build a gradient graph");
 
-    let plain = WanTransformer3DModel::new(&cfg, VarBuilder::from_tensors(plain_copies(&map), DType::F32, &dev)).unwrap();
+    let plain = WanTransformer3DModel::new(&cfg, VarBuilder::from_tensors(plain_copies(&map), dtype, &dev)).unwrap();
     let fused = plain.forward(&x, &t, &ctx, None).unwrap();
     assert!(!fused.track_op(), "loaded weights must take the fused inference path");
     let rel = max_rel_diff(&out, &fused);
-    eprintln!("transformer: composed vs fused max relative difference {rel:.2e}");
-    assert!(rel <= 1e-5, "composed vs fused: {rel:e}");
+    eprintln!("transformer {dtype:?}: training vs inference path max relative difference {rel:.2e}");
+    assert!(rel <= 1e-5, "training vs inference path: {rel:e}");
 
-    let r = rng.gaussian(out.dims(), &dev).unwrap();
+    let r = rng.gaussian(out.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
     assert_all_gradients("transformer", &map, &(out * r).unwrap().sum_all().unwrap());
 }
 
 #[test]
-fn umt5_gradients_and_fused_path_agree() {
+fn transformer_gradients_and_fused_path_agree() {
+    transformer_case(DType::F32);
+    transformer_case(DType::F64);
+}
+
+fn umt5_case(dtype: DType) {
     let dev = Device::Cpu;
     let cfg = Umt5Config {
         vocab_size: 50,
@@ -106,21 +112,27 @@ fn umt5_gradients_and_fused_path_agree() {
         ..Umt5Config::umt5_xxl()
     };
     let map = VarMap::new();
-    let model = Umt5EncoderModel::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+    let model = Umt5EncoderModel::new(&cfg, VarBuilder::from_varmap(&map, dtype, &dev)).unwrap();
     randomize(&map, 3, 0.5);
     let ids = Tensor::new(&[[5u32, 9, 1, 0, 0, 0, 0, 0, 0], [7, 3, 22, 41, 8, 13, 2, 49, 1]], &dev).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1]], &dev).unwrap();
     let out = model.forward(&ids, &mask).unwrap();
     assert!(out.track_op());
-    let plain = Umt5EncoderModel::new(&cfg, VarBuilder::from_tensors(plain_copies(&map), DType::F32, &dev)).unwrap();
+    let plain = Umt5EncoderModel::new(&cfg, VarBuilder::from_tensors(plain_copies(&map), dtype, &dev)).unwrap();
     let fused = plain.forward(&ids, &mask).unwrap();
     assert!(!fused.track_op());
     let rel = max_rel_diff(&out, &fused);
-    eprintln!("umt5: composed vs fused max relative difference {rel:.2e}");
-    assert!(rel <= 1e-5, "composed vs fused: {rel:e}");
+    eprintln!("umt5 {dtype:?}: training vs inference path max relative difference {rel:.2e}");
+    assert!(rel <= 1e-5, "training vs inference path: {rel:e}");
 
-    let r = TrainRng::new(4).gaussian(out.dims(), &dev).unwrap();
+    let r = TrainRng::new(4).gaussian(out.dims(), &dev).unwrap().to_dtype(out.dtype()).unwrap();
     assert_all_gradients("umt5", &map, &(out * r).unwrap().sum_all().unwrap());
+}
+
+#[test]
+fn umt5_gradients_and_fused_path_agree() {
+    umt5_case(DType::F32);
+    umt5_case(DType::F64);
 }
 
 #[test]
@@ -152,8 +164,8 @@ fn vae_gradients_and_fused_path_agree() {
     let (mean_fused, _) = plain.encode(&x).unwrap();
     let dec_fused = plain.decode(&mean_fused).unwrap();
     let rel = max_rel_diff(&dec, &dec_fused);
-    eprintln!("vae: composed vs fused max relative difference {rel:.2e}");
-    assert!(rel <= 1e-5, "composed vs fused: {rel:e}");
+    eprintln!("vae: training vs inference path max relative difference {rel:.2e}");
+    assert!(rel <= 1e-5, "training vs inference path: {rel:e}");
     let r = TrainRng::new(7).gaussian(logvar.dims(), &dev).unwrap();
     let loss = ((dec - &x).unwrap().sqr().unwrap().sum_all().unwrap() + (logvar * r).unwrap().sum_all().unwrap()).unwrap();
     assert_all_gradients("vae", &map, &loss);

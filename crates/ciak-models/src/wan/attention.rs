@@ -3,8 +3,9 @@
 //! the optional I2V image branch).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::ops::{linear, Linear};
 use super::rope::apply_rope;
 
 /// Upper bound on the score-matrix elements materialised at once (256 MiB in f32).
@@ -38,6 +39,9 @@ pub fn sdpa_blocked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, block_rows: 
             k.shape(),
             v.shape()
         );
+    }
+    if super::ops::use_cpu_autograd(&[q, k, v]) {
+        return super::ops::sdpa_autograd(q, k, v, scale, block_rows);
     }
     let out_dtype = q.dtype();
     let compute = match (q.device().is_cpu(), out_dtype) {
@@ -121,17 +125,17 @@ impl WanAttention {
         }
         let added_kv = match added_kv_proj_dim {
             Some(kv_dim) => Some(AddedKv {
-                add_k_proj: candle_nn::linear(kv_dim, dim, vb.pp("add_k_proj"))?,
-                add_v_proj: candle_nn::linear(kv_dim, dim, vb.pp("add_v_proj"))?,
+                add_k_proj: linear(kv_dim, dim, vb.pp("add_k_proj"))?,
+                add_v_proj: linear(kv_dim, dim, vb.pp("add_v_proj"))?,
                 norm_added_k: RmsNorm::new(dim, eps, vb.pp("norm_added_k"))?,
             }),
             None => None,
         };
         Ok(Self {
-            to_q: candle_nn::linear(dim, dim, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(dim, dim, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(dim, dim, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out").pp(0))?,
+            to_q: linear(dim, dim, vb.pp("to_q"))?,
+            to_k: linear(dim, dim, vb.pp("to_k"))?,
+            to_v: linear(dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out").pp(0))?,
             norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
             added_kv,

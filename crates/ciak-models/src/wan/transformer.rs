@@ -5,10 +5,11 @@
 //! the blocks and the image-embedder norms stay f32, and layer norms plus modulation run in f32.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 
 use super::attention::WanAttention;
+use super::ops::{broadcast_add, broadcast_mul, linear, Linear};
 use super::rope::WanRotaryPosEmbed;
 
 /// `config.json` of a diffusers `WanTransformer3DModel`, read as it is.
@@ -124,7 +125,7 @@ impl LayerNormF32 {
 
 /// `norm * (1 + scale) + shift`, all f32.
 fn modulate(norm: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    norm.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+    broadcast_add(&broadcast_mul(norm, &(scale + 1.0)?)?, shift)
 }
 
 /// Splits `table + emb` (f32) into its rows.
@@ -178,8 +179,8 @@ struct TimestepEmbedding {
 impl TimestepEmbedding {
     fn new(in_dim: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(dim, dim, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, dim, vb.pp("linear_1"))?,
+            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
         })
     }
 
@@ -198,13 +199,13 @@ struct TextProjection {
 impl TextProjection {
     fn new(in_dim: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(dim, dim, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, dim, vb.pp("linear_1"))?,
+            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(x)?.gelu()?)
+        self.linear_2.forward(&super::ops::gelu(&self.linear_1.forward(x)?)?)
     }
 }
 
@@ -221,15 +222,15 @@ impl FeedForward {
     fn new(dim: usize, inner: usize, dim_out: usize, exact_gelu: bool, vb: VarBuilder) -> Result<Self> {
         let net = vb.pp("net");
         Ok(Self {
-            net_0_proj: candle_nn::linear(dim, inner, net.pp(0).pp("proj"))?,
-            net_2: candle_nn::linear(inner, dim_out, net.pp(2))?,
+            net_0_proj: linear(dim, inner, net.pp(0).pp("proj"))?,
+            net_2: linear(inner, dim_out, net.pp(2))?,
             exact_gelu,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.net_0_proj.forward(x)?;
-        let h = if self.exact_gelu { h.gelu_erf()? } else { h.gelu()? };
+        let h = if self.exact_gelu { h.gelu_erf()? } else { super::ops::gelu(&h)? };
         self.net_2.forward(&h)
     }
 }
@@ -304,7 +305,7 @@ impl ConditionEmbedder {
                 dim,
                 vb.pp("time_embedder").set_dtype(DType::F32),
             )?,
-            time_proj: candle_nn::linear(dim, 6 * dim, vb.pp("time_proj"))?,
+            time_proj: linear(dim, 6 * dim, vb.pp("time_proj"))?,
             text_embedder: TextProjection::new(cfg.text_dim, dim, vb.pp("text_embedder"))?,
             image_embedder,
             freq_dim: cfg.freq_dim,
@@ -373,7 +374,7 @@ impl WanTransformerBlock {
 
         let h = modulate(&self.norm1.forward(x)?, shift_msa, scale_msa)?.to_dtype(dtype)?;
         let attn = self.attn1.forward_self(&h, rope.0, rope.1)?;
-        let x = (x.to_dtype(DType::F32)? + attn.to_dtype(DType::F32)?.broadcast_mul(gate_msa)?)?
+        let x = (x.to_dtype(DType::F32)? + broadcast_mul(&attn.to_dtype(DType::F32)?, gate_msa)?)?
             .to_dtype(dtype)?;
 
         let h = match &self.norm2 {
@@ -384,7 +385,7 @@ impl WanTransformerBlock {
 
         let h = modulate(&self.norm3.forward(&x)?, c_shift_msa, c_scale_msa)?.to_dtype(dtype)?;
         let ff = self.ffn.forward(&h)?;
-        (x.to_dtype(DType::F32)? + ff.to_dtype(DType::F32)?.broadcast_mul(c_gate_msa)?)?.to_dtype(dtype)
+        (x.to_dtype(DType::F32)? + broadcast_mul(&ff.to_dtype(DType::F32)?, c_gate_msa)?)?.to_dtype(dtype)
     }
 }
 
@@ -426,7 +427,7 @@ impl WanTransformer3DModel {
             blocks,
             norm_out: LayerNormF32::no_affine(dim, cfg.eps, vb.device())?,
             scale_shift_table: vb.clone().set_dtype(DType::F32).get((1, 2, dim), "scale_shift_table")?,
-            proj_out: candle_nn::linear(dim, cfg.out_channels * cfg.patch_volume(), vb.pp("proj_out"))?,
+            proj_out: linear(dim, cfg.out_channels * cfg.patch_volume(), vb.pp("proj_out"))?,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
         })

@@ -133,7 +133,7 @@ impl Activation {
 
     fn forward(self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Self::GeluTanh => xs.gelu(),
+            Self::GeluTanh => super::ops::gelu(xs),
             Self::GeluErf => xs.gelu_erf(),
             Self::Relu => xs.relu(),
         }

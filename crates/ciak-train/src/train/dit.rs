@@ -717,6 +717,7 @@ pub fn run_dit_training(
     device: &Device,
     progress: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
+    super::tune_allocator_for_training();
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     let csv = out.join("loss.csv");
@@ -808,6 +809,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Times `steps` training steps on synthetic latents of shape `[C, F', H', W']` and `steps`
 /// CFG sampling forwards of the same size.
 pub fn benchmark(cfg: &DitTrainConfig, latent_shape: [usize; 4], steps: usize, device: &Device) -> Result<BenchReport> {
+    super::tune_allocator_for_training();
+    let steps = steps.max(1);
     let mut trainer = DitTrainer::new(cfg, device)?;
     let captions = vec!["a red ball".to_string(), "a blue box".to_string()];
     let captions: Vec<String> = captions

@@ -57,6 +57,27 @@ impl TrainError {
     }
 }
 
+/// Keeps freed memory in the process instead of returning it to the kernel after every tensor:
+/// training allocates and frees the same large activations each step, and with glibc's defaults
+/// each of them is a fresh `mmap` whose pages fault in one by one (measured: a quarter of the
+/// backward pass on a 4 M-parameter DiT). Sets glibc's mmap threshold to its 32 MiB maximum and
+/// turns trimming off; a no-op elsewhere. Call once at start; it is process-wide.
+pub fn tune_allocator_for_training() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes glibc allocator tunables; any value is accepted or refused.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
 /// One training batch: clean latents as the pipeline samples them (already normalised with the
 /// VAE's `latents_mean`/`latents_std`), and one caption per clip.
 #[derive(Debug, Clone)]

@@ -1,0 +1,1038 @@
+//! Training the built-in model's VAE: Wan2.1's `AutoencoderKLWan` at toy size, trained on the toy
+//! world's frames, exported as the diffusers `vae/` folder the pipeline loads.
+//!
+//! Why this VAE: it is the architecture the engine already runs for Wan weights (one engine, not
+//! two), its causal 1+4k chunking gives the DiT the latent shapes real Wan checkpoints use, and
+//! being fully convolutional it trains on small random crops of short clips (cheap) and runs on
+//! full 25-frame frames afterwards. The toy world is flat colours, anti-aliased edges and
+//! checkerboards: a narrow, thin model (`base_dim` 8-16, one residual block per level) is enough
+//! to reconstruct it, and keeps the decode inside the sampling time budget.
+//!
+//! Objective: reconstruction (L1 + L2, optionally L1 on the spatial gradients, for sharper
+//! edges) of a posterior sample `z = mu + exp(logvar/2) * eps`, plus a small KL to N(0, 1). All
+//! terms are means (per pixel value, per latent value), so the weights do not depend on the crop
+//! size. Afterwards the per-channel `latents_mean`/`latents_std` of the posterior means of
+//! full-size clips go into the exported config, as Wan's VAE config carries them.
+//!
+//! Output folder: `config.json` (the run's config), `loss.csv`, `loss.png`, `eval.csv` (PSNR of
+//! held-out full-size clips), `checkpoint/`, and after the last step `vae/` (diffusers folder of
+//! the EMA weights with the latent statistics).
+
+use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
+use super::export::DIFFUSERS_VERSION;
+use super::flow::TrainRng;
+use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
+use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::{Result, TrainError, TrainEvent};
+use crate::dataset::sample;
+use crate::rng::Rng;
+use crate::split::Split;
+use crate::world::{render, Clip, SamplerConfig, Scene};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use ciak_models::wan::vae::layers::CausalConv3d;
+use ciak_models::wan::vae::{AutoencoderKLWan, AutoencoderKLWanConfig, Decoder3d};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The VAE's size; the rest of `AutoencoderKLWanConfig` follows Wan2.1 (no attention outside the
+/// mid blocks, no dropout, 3 channels in and out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeArch {
+    pub base_dim: usize,
+    pub num_res_blocks: usize,
+    /// Latent channels; the DiT's in/out channels.
+    #[serde(default = "defaults::z_dim")]
+    pub z_dim: usize,
+    #[serde(default = "defaults::dim_mult")]
+    pub dim_mult: Vec<usize>,
+    #[serde(default = "defaults::temperal_downsample")]
+    pub temperal_downsample: Vec<bool>,
+}
+
+impl VaeArch {
+    /// The diffusers config with the given latent statistics.
+    pub fn config(&self, latents_mean: Vec<f64>, latents_std: Vec<f64>) -> AutoencoderKLWanConfig {
+        AutoencoderKLWanConfig {
+            base_dim: self.base_dim,
+            decoder_base_dim: None,
+            z_dim: self.z_dim,
+            dim_mult: self.dim_mult.clone(),
+            num_res_blocks: self.num_res_blocks,
+            attn_scales: vec![],
+            temperal_downsample: self.temperal_downsample.clone(),
+            dropout: 0.0,
+            latents_mean,
+            latents_std,
+            is_residual: false,
+            in_channels: 3,
+            out_channels: 3,
+            patch_size: None,
+            scale_factor_temporal: None,
+            scale_factor_spatial: None,
+        }
+    }
+
+    /// The config before latent statistics exist (mean 0, std 1: identity normalisation).
+    pub fn plain_config(&self) -> AutoencoderKLWanConfig {
+        self.config(vec![0.0; self.z_dim], vec![1.0; self.z_dim])
+    }
+}
+
+/// Weights of the loss terms; each term is a mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeLossWeights {
+    /// Mean absolute error per pixel value.
+    pub l1: f64,
+    /// Mean squared error per pixel value (what PSNR measures).
+    pub l2: f64,
+    /// Mean absolute error of the horizontal and vertical pixel differences (edges).
+    #[serde(default)]
+    pub edge: f64,
+    /// Mean KL divergence to N(0, 1) per latent value.
+    pub kl: f64,
+}
+
+mod defaults {
+    pub fn z_dim() -> usize {
+        16
+    }
+    pub fn dim_mult() -> Vec<usize> {
+        vec![1, 2, 4, 4]
+    }
+    pub fn temperal_downsample() -> Vec<bool> {
+        vec![false, true, true]
+    }
+    pub fn min_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn ema_decay() -> f64 {
+        0.999
+    }
+    pub fn checkpoint_every() -> u64 {
+        250
+    }
+    pub fn eval_clips() -> usize {
+        6
+    }
+    pub fn stats_clips() -> usize {
+        300
+    }
+}
+
+/// A VAE training run, read from JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeTrainConfig {
+    /// Seeds the initial weights, the training clips, crops and posterior noise.
+    pub seed: u64,
+    pub vae: VaeArch,
+    pub batch_size: usize,
+    /// Frames of each training clip (1+4k), a random window of a 25-frame scene.
+    pub clip_frames: usize,
+    /// `[width, height]` of the random crops, multiples of 8 and at most 128 (the smallest side
+    /// of any aspect ratio).
+    pub crop: [usize; 2],
+    /// Total optimizer steps (the cosine schedule ends here).
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub warmup_steps: u64,
+    #[serde(default = "defaults::min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub adamw: AdamWConfig,
+    /// Max global gradient norm; 0 turns clipping off.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "defaults::ema_decay")]
+    pub ema_decay: f64,
+    pub loss: VaeLossWeights,
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Held-out PSNR every this many steps (and always after the last one); 0: only at the end.
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Held-out (`Split::Eval`) full-size clips the PSNR is measured on.
+    #[serde(default = "defaults::eval_clips")]
+    pub eval_clips: usize,
+    /// Full-size training clips whose posterior means give `latents_mean`/`latents_std`.
+    #[serde(default = "defaults::stats_clips")]
+    pub stats_clips: usize,
+    /// Stop (with a checkpoint) after the step that crosses this much training time in this
+    /// invocation; resume later.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
+}
+
+impl VaeTrainConfig {
+    /// Reads a JSON config.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that would otherwise fail deep inside a run.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let v = &self.vae;
+        let nonzero = [
+            ("vae.base_dim", v.base_dim),
+            ("vae.num_res_blocks", v.num_res_blocks),
+            ("vae.z_dim", v.z_dim),
+            ("batch_size", self.batch_size),
+            ("steps", self.steps as usize),
+            ("eval_clips", self.eval_clips),
+            ("stats_clips", self.stats_clips),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("expected {name} >= 1, got 0"));
+        }
+        v.plain_config().validate().map_err(|e| format!("vae: {e}"))?;
+        let spatial = 1usize << (v.dim_mult.len() - 1);
+        let temporal = 1usize << v.temperal_downsample.iter().filter(|&&t| t).count();
+        if self.clip_frames == 0 || (self.clip_frames - 1) % temporal != 0 || self.clip_frames > 25 {
+            return Err(format!("expected clip_frames = 1+{temporal}k and at most 25, got {}", self.clip_frames));
+        }
+        for (name, s) in [("width", self.crop[0]), ("height", self.crop[1])] {
+            if s == 0 || s % spatial != 0 || s > 128 {
+                return Err(format!("expected a crop {name} that is a multiple of {spatial} in 1..=128, got {s}"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("expected lr > 0, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("expected ema_decay in [0, 1), got {}", self.ema_decay));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(format!("expected min_lr_ratio in [0, 1], got {}", self.min_lr_ratio));
+        }
+        let w = &self.loss;
+        if [w.l1, w.l2, w.edge, w.kl].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.l1 + w.l2 + w.edge == 0.0 {
+            return Err(format!("expected finite, non-negative loss weights with some reconstruction term, got {w:?}"));
+        }
+        Ok(())
+    }
+
+    fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+}
+
+/// FNV-1a of a parameter name: its initial values depend on the seed and its name only.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Salts that give the crops, the held-out clips and the statistics clips their own streams.
+const CROP_SALT: u64 = 0xC80B_0000_0000_0001;
+const EVAL_SALT: u64 = 0xE7A1_0000_0000_0002;
+const STATS_SALT: u64 = 0x57A7_0000_0000_0003;
+
+/// PyTorch's default init of the (diffusers) VAE, which defines no init of its own: conv weights
+/// and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)), RMS gains 1.
+fn init_vars(map: &VarMap, seed: u64) -> Result<()> {
+    let vars = sorted_vars(map);
+    let fan_in: HashMap<String, usize> = vars
+        .iter()
+        .filter(|(n, _)| n.ends_with(".weight"))
+        .map(|(n, v)| (n.trim_end_matches(".weight").to_string(), v.dims()[1..].iter().product()))
+        .collect();
+    for (name, var) in vars {
+        let n = var.elem_count();
+        let values: Vec<f32> = if name.ends_with(".gamma") {
+            vec![1.0; n]
+        } else {
+            let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
+            let fan =
+                *fan_in.get(module).ok_or_else(|| TrainError::Data(format!("no weight for the bias `{name}`")))?;
+            let bound = 1.0 / (fan as f64).sqrt();
+            let mut rng = TrainRng::new(seed ^ name_hash(&name));
+            (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
+fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().expect("var map lock");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// The VAE on trainable weights. The model structs precompute reshaped weights when built, so
+/// a fresh view is built from the `Var`s for every step (a copy of a few MB).
+struct TrainableVae {
+    cfg: AutoencoderKLWanConfig,
+    vars: VarMap,
+    device: Device,
+}
+
+/// One step's model: the engine's encoder (as the pipeline encodes) and an unclamped decoder,
+/// since clamping to [-1, 1] would give overshooting pixels no gradient.
+struct StepModel {
+    vae: AutoencoderKLWan,
+    decoder: Decoder3d,
+    post_quant_conv: CausalConv3d,
+}
+
+impl TrainableVae {
+    fn new(cfg: AutoencoderKLWanConfig, seed: u64, device: &Device) -> Result<Self> {
+        let vars = VarMap::new();
+        let this = Self { cfg, vars, device: device.clone() };
+        this.step_model()?;
+        init_vars(&this.vars, seed)?;
+        Ok(this)
+    }
+
+    fn step_model(&self) -> Result<StepModel> {
+        let vb = VarBuilder::from_varmap(&self.vars, DType::F32, &self.device);
+        let vae = AutoencoderKLWan::new(&self.cfg, vb.clone())?;
+        let decoder = Decoder3d::new(&self.cfg, vb.pp("decoder"))?;
+        let z = self.cfg.z_dim;
+        let post_quant_conv = CausalConv3d::new(z, z, (1, 1), 1, (0, 0), vb.pp("post_quant_conv"))?;
+        Ok(StepModel { vae, decoder, post_quant_conv })
+    }
+
+    fn params(&self) -> Vec<Param> {
+        sorted_vars(&self.vars).into_iter().map(|(k, v)| Param::new(k, v)).collect()
+    }
+}
+
+impl StepModel {
+    /// Shapes: z [B, z_dim, T, h, w] -> [B, 3, 1+4(T-1), 8h, 8w], not clamped.
+    fn decode_unclamped(&self, z: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _, _) = z.dims5()?;
+        let mut samples = Vec::with_capacity(b);
+        for bi in 0..b {
+            let mut cache = self.decoder.new_cache();
+            let mut frames = Vec::with_capacity(t);
+            for ti in 0..t {
+                let x = z.i((bi, .., ti))?.unsqueeze(0)?.contiguous()?;
+                let x = self.post_quant_conv.forward(&x, None)?;
+                frames.push(self.decoder.forward(&x, &mut cache)?);
+            }
+            samples.push(Tensor::cat(&frames, 0)?.permute((1, 0, 2, 3))?);
+        }
+        Ok(Tensor::stack(&samples, 0)?)
+    }
+}
+
+/// The loss of one batch and its parts (all means).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VaeLossParts {
+    pub total: f64,
+    pub l1: f64,
+    pub l2: f64,
+    pub edge: f64,
+    pub kl: f64,
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Mean |d/dx| and |d/dy| differences between `a` and `b` ([B, C, T, H, W]).
+fn edge_l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let d = (a - b)?;
+    let (.., h, w) = d.dims5()?;
+    let dx = (d.narrow(4, 1, w - 1)? - d.narrow(4, 0, w - 1)?)?.abs()?.mean_all()?;
+    let dy = (d.narrow(3, 1, h - 1)? - d.narrow(3, 0, h - 1)?)?.abs()?.mean_all()?;
+    Ok(((dx + dy)? * 0.5)?)
+}
+
+/// The training loss for clips `x` ([B, 3, T, H, W] in [-1, 1]) and posterior noise `eps`
+/// (shaped like the latents): a scalar that tracks gradients, and its parts.
+fn vae_loss(model: &StepModel, x: &Tensor, eps: &Tensor, w: &VaeLossWeights) -> Result<(Tensor, VaeLossParts)> {
+    let (mean, logvar) = model.vae.encode(x)?;
+    let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+    let rec = model.decode_unclamped(&z)?;
+    let diff = (&rec - x)?;
+    let l1 = diff.abs()?.mean_all()?;
+    let l2 = diff.sqr()?.mean_all()?;
+    // KL(N(mu, var) || N(0, 1)) per latent value
+    let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?;
+    let kl = (kl.mean_all()? * 0.5)?;
+    let mut total = ((&l1 * w.l1)? + (&l2 * w.l2)?)?;
+    let edge = if w.edge > 0.0 { Some(edge_l1(&rec, x)?) } else { None };
+    if let Some(e) = &edge {
+        total = (total + (e * w.edge)?)?;
+    }
+    total = (total + (&kl * w.kl)?)?;
+    let parts = VaeLossParts {
+        total: scalar(&total)?,
+        l1: scalar(&l1)?,
+        l2: scalar(&l2)?,
+        edge: edge.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
+        kl: scalar(&kl)?,
+    };
+    Ok((total, parts))
+}
+
+/// A clip as the VAE's input: [1, 3, T, H, W] in [-1, 1].
+pub fn clip_tensor(clip: &Clip, device: &Device) -> Result<Tensor> {
+    let x = Tensor::from_vec(clip.to_f32(), (clip.frames, clip.height, clip.width, 3), device)?;
+    Ok(x.permute((3, 0, 1, 2))?.unsqueeze(0)?.contiguous()?)
+}
+
+/// Frames `t0..t0+t` of the window `[x0, x0+w) x [y0, y0+h)` of a clip as [3, t, h, w] in [-1, 1].
+fn crop_values(clip: &Clip, t0: usize, t: usize, x0: usize, y0: usize, w: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * t * h * w];
+    for c in 0..3 {
+        for f in 0..t {
+            for y in 0..h {
+                let row = ((t0 + f) * clip.height + y0 + y) * clip.width * 3;
+                let dst = ((c * t + f) * h + y) * w;
+                for x in 0..w {
+                    out[dst + x] = clip.pixels[row + (x0 + x) * 3 + c] as f32 / 127.5 - 1.0;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Training batch of step `step` (0-based): item `step * batch + j` of the training scenes of
+/// `seed`, each a random window of `clip_frames` frames and a random crop. A function of the
+/// step alone, so a resumed run sees the same clips.
+///
+/// Shapes: -> [batch, 3, clip_frames, crop_h, crop_w].
+pub fn training_batch(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<Tensor> {
+    let sampler = SamplerConfig::default();
+    let [cw, ch] = cfg.crop;
+    let t = cfg.clip_frames;
+    let mut values = Vec::with_capacity(cfg.batch_size * 3 * t * ch * cw);
+    for j in 0..cfg.batch_size as u64 {
+        let index = step * cfg.batch_size as u64 + j;
+        let scene = sample(cfg.seed, index, &sampler, Split::Train).scene;
+        let clip = render(&scene);
+        let mut rng = Rng::for_item(cfg.seed ^ CROP_SALT, index);
+        let t0 = rng.below(clip.frames - t + 1);
+        let x0 = rng.below(clip.width - cw + 1);
+        let y0 = rng.below(clip.height - ch + 1);
+        values.extend(crop_values(&clip, t0, t, x0, y0, cw, ch));
+    }
+    Ok(Tensor::from_vec(values, (cfg.batch_size, 3, t, ch, cw), device)?)
+}
+
+/// PSNR in dB of `got` against `want`, both in [-1, 1] (peak-to-peak 2, as 255 for 8-bit).
+pub fn psnr_db(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let mse = scalar(&(got - want)?.sqr()?.mean_all()?)?;
+    Ok(10.0 * (4.0 / mse.max(1e-20)).log10())
+}
+
+/// Held-out scene `i` of a run seeded with `seed`: full size, 25 frames, `Split::Eval`.
+pub fn eval_scene(seed: u64, i: u64) -> Scene {
+    sample(seed ^ EVAL_SALT, i, &SamplerConfig::default(), Split::Eval).scene
+}
+
+/// Per-clip PSNR (dB) of encode (posterior mean) then decode, for full clips.
+pub fn reconstruction_psnr(vae: &AutoencoderKLWan, scenes: &[Scene]) -> Result<Vec<f64>> {
+    scenes
+        .iter()
+        .map(|scene| {
+            let x = clip_tensor(&render(scene), vae.device())?;
+            let (mean, _) = vae.encode(&x)?;
+            let rec = vae.decode(&mean)?;
+            psnr_db(&rec.to_dtype(DType::F32)?, &x)
+        })
+        .collect()
+}
+
+/// Per-channel mean and standard deviation of the posterior means of `clips` full-size
+/// training clips (item `i` of the statistics stream of `seed`), accumulated in f64.
+pub fn latent_statistics(vae: &AutoencoderKLWan, seed: u64, clips: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let z = vae.config().z_dim;
+    let (mut sum, mut sq, mut count) = (vec![0f64; z], vec![0f64; z], 0usize);
+    let sampler = SamplerConfig::default();
+    for i in 0..clips as u64 {
+        let scene = sample(seed ^ STATS_SALT, i, &sampler, Split::Train).scene;
+        let (mean, _) = vae.encode(&clip_tensor(&render(&scene), vae.device())?)?;
+        // [1, z, T, h, w] -> [z, n]
+        let m = mean.to_dtype(DType::F64)?.squeeze(0)?.flatten_from(1)?;
+        let s = m.sum(1)?.to_vec1::<f64>()?;
+        let q = m.sqr()?.sum(1)?.to_vec1::<f64>()?;
+        for c in 0..z {
+            sum[c] += s[c];
+            sq[c] += q[c];
+        }
+        count += m.dim(1)?;
+    }
+    let n = count.max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std: Vec<f64> = sq.iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(1e-12).sqrt()).collect();
+    Ok((mean, std))
+}
+
+/// The diffusers `vae/config.json` of a Wan2.1-style VAE.
+pub fn vae_config_json(cfg: &AutoencoderKLWanConfig) -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "AutoencoderKLWan",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "attn_scales": cfg.attn_scales,
+        "base_dim": cfg.base_dim,
+        "dim_mult": cfg.dim_mult,
+        "dropout": cfg.dropout,
+        "latents_mean": cfg.latents_mean,
+        "latents_std": cfg.latents_std,
+        "num_res_blocks": cfg.num_res_blocks,
+        "temperal_downsample": cfg.temperal_downsample,
+        "z_dim": cfg.z_dim
+    })
+}
+
+/// Writes a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`),
+/// beside `out` first and then renamed into place.
+pub fn write_vae_folder(cfg: &AutoencoderKLWanConfig, weights: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
+    let mut tmp_name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = out.with_file_name(tmp_name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let config = tmp.join("config.json");
+    let text = serde_json::to_string_pretty(&vae_config_json(cfg))
+        .map_err(|e| TrainError::Config { path: config.clone(), message: e.to_string() })?;
+    std::fs::write(&config, text + "\n").map_err(|e| TrainError::io(&config, e))?;
+    candle_core::safetensors::save(weights, tmp.join("diffusion_pytorch_model.safetensors"))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| TrainError::io(&tmp, e))
+}
+
+/// An inference VAE (plain tensors, so the fused kernels run) from named weights.
+pub fn vae_from_weights(
+    cfg: &AutoencoderKLWanConfig,
+    weights: &HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<AutoencoderKLWan> {
+    let plain: HashMap<String, Tensor> =
+        weights.iter().map(|(k, t)| Ok((k.clone(), t.detach().copy()?))).collect::<Result<_>>()?;
+    Ok(AutoencoderKLWan::new(cfg, VarBuilder::from_tensors(plain, DType::F32, device))?)
+}
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VaeRunState {
+    format: u32,
+    step: u64,
+    rng: TrainRng,
+    seconds: f64,
+    adam_steps: u64,
+    ema_updates: u64,
+    config: VaeTrainConfig,
+}
+
+const STATE_FORMAT: u32 = 1;
+const PARTS: [&str; 3] = ["model", "ema", "optim"];
+
+/// What one step did.
+#[derive(Debug, Clone, Copy)]
+pub struct VaeStepStats {
+    pub loss: VaeLossParts,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub duration: Duration,
+}
+
+/// A VAE training run in progress: weights, optimizer, EMA and the noise stream.
+pub struct VaeTrainer {
+    pub cfg: VaeTrainConfig,
+    model: TrainableVae,
+    params: Vec<Param>,
+    opt: AdamW,
+    ema: Ema,
+    rng: TrainRng,
+    step: u64,
+    seconds: f64,
+}
+
+impl VaeTrainer {
+    /// A fresh run (weights from `cfg.seed`).
+    pub fn new(cfg: &VaeTrainConfig, device: &Device) -> Result<Self> {
+        cfg.validate().map_err(|message| TrainError::Config { path: PathBuf::new(), message })?;
+        let model = TrainableVae::new(cfg.vae.plain_config(), cfg.seed, device)?;
+        let params = model.params();
+        let opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
+        let ema = Ema::new(&params, cfg.ema_decay)?;
+        let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x7AE5);
+        Ok(Self { cfg: cfg.clone(), model, params, opt, ema, rng, step: 0, seconds: 0.0 })
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Training time so far, across resumes.
+    pub fn seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.model.device
+    }
+
+    /// The loss on `x` ([B, 3, T, H, W]) with the posterior noise drawn from `noise_seed`,
+    /// without updating anything.
+    pub fn eval_loss(&self, x: &Tensor, noise_seed: u64) -> Result<VaeLossParts> {
+        let model = self.model.step_model()?;
+        let eps = self.latent_noise(x, &mut TrainRng::new(noise_seed))?;
+        Ok(vae_loss(&model, x, &eps, &self.cfg.loss)?.1)
+    }
+
+    fn latent_noise(&self, x: &Tensor, rng: &mut TrainRng) -> Result<Tensor> {
+        let (b, _, t, h, w) = x.dims5()?;
+        let arch = &self.model.cfg;
+        let (tr, sr) = (arch.temporal_ratio(), arch.spatial_ratio());
+        rng.gaussian(&[b, arch.z_dim, 1 + (t - 1) / tr, h / sr, w / sr], x.device())
+    }
+
+    /// One optimizer step on the batch of the current step (see [`training_batch`]).
+    pub fn train_step(&mut self) -> Result<VaeStepStats> {
+        let x = training_batch(&self.cfg, self.step, &self.model.device)?;
+        self.train_step_on(&x)
+    }
+
+    /// One optimizer step on the clips `x` ([B, 3, 1+4k, H, W] in [-1, 1], H and W multiples of 8).
+    pub fn train_step_on(&mut self, x: &Tensor) -> Result<VaeStepStats> {
+        let start = Instant::now();
+        let mut rng = self.rng;
+        let eps = self.latent_noise(x, &mut rng)?;
+        self.rng = rng;
+        let model = self.model.step_model()?;
+        let (loss, parts) = vae_loss(&model, x, &eps, &self.cfg.loss)?;
+        if !parts.total.is_finite() {
+            return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {}", parts.total) });
+        }
+        let mut grads = loss.backward()?;
+        // candle keeps a Var's gradient attached to the forward graph when the Var feeds an op
+        // directly (the strided conv2d): detached, so the optimizer moments do not chain every
+        // step's graph (about 360 MB a step otherwise)
+        for p in &self.params {
+            if let Some(g) = grads.remove(p.var.as_tensor()) {
+                grads.insert(p.var.as_tensor(), g.detach());
+            }
+        }
+        let norm = grad_norm(&grads, &self.params)?;
+        if !norm.is_finite() {
+            return Err(TrainError::Diverged { step: self.step + 1, what: format!("gradient norm is {norm}") });
+        }
+        let lr = self.cfg.lr_schedule().at(self.step);
+        self.opt.step(&grads, lr, clip_factor(norm, self.cfg.grad_clip))?;
+        self.ema.update(&self.params)?;
+        self.step += 1;
+        let duration = start.elapsed();
+        self.seconds += duration.as_secs_f64();
+        Ok(VaeStepStats { loss: parts, lr, grad_norm: norm, duration })
+    }
+
+    /// Current weights by diffusers name.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+    }
+
+    /// EMA weights by diffusers name.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        self.ema.tensors(&self.params)
+    }
+
+    /// An inference VAE on the EMA weights, with identity latent statistics.
+    pub fn ema_vae(&self) -> Result<AutoencoderKLWan> {
+        vae_from_weights(&self.model.cfg, &self.ema_weights(), &self.model.device)
+    }
+
+    /// Writes everything a bit-identical resume needs into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let state = VaeRunState {
+            format: STATE_FORMAT,
+            step: self.step,
+            rng: self.rng,
+            seconds: self.seconds,
+            adam_steps: self.opt.steps(),
+            ema_updates: self.ema.updates(),
+            config: self.cfg.clone(),
+        };
+        let (model, ema, optim) = (self.weights(), self.ema_weights(), self.opt.state_tensors());
+        save_checkpoint(dir, &[("model", &model), ("ema", &ema), ("optim", &optim)], &state)
+    }
+
+    /// Continues the run saved in `dir` under `cfg`, whose architecture and seed must be the
+    /// saved ones (schedule, batch, loss weights and the rest may change).
+    pub fn resume(cfg: &VaeTrainConfig, dir: &Path, device: &Device) -> Result<Self> {
+        let ckpt = load_checkpoint::<VaeRunState>(dir, &PARTS, device)?;
+        let state = &ckpt.state;
+        let bad = |message: String| TrainError::Resume { path: ckpt.path.clone(), message };
+        if state.format != STATE_FORMAT {
+            return Err(bad(format!("expected checkpoint format {STATE_FORMAT}, got {}", state.format)));
+        }
+        if state.config.vae != cfg.vae {
+            return Err(bad(format!("vae {:?} in the checkpoint, {:?} in the config", state.config.vae, cfg.vae)));
+        }
+        if state.config.seed != cfg.seed {
+            return Err(bad(format!("seed {} in the checkpoint, {} in the config", state.config.seed, cfg.seed)));
+        }
+        let mut trainer = Self::new(cfg, device)?;
+        let model = ckpt.part("model")?;
+        for p in &trainer.params {
+            let t = model.get(&p.name).ok_or_else(|| bad(format!("model weights have no `{}`", p.name)))?;
+            if t.dims() != p.var.dims() {
+                return Err(bad(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.var.dims(), t.dims())));
+            }
+            p.var.set(&t.to_dtype(p.var.dtype())?)?;
+        }
+        trainer.ema.load(&trainer.params, ckpt.part("ema")?, state.ema_updates).map_err(|e| bad(e.to_string()))?;
+        trainer.opt.load_state(ckpt.part("optim")?, state.adam_steps).map_err(|e| bad(e.to_string()))?;
+        trainer.rng = state.rng;
+        trainer.step = state.step;
+        trainer.seconds = state.seconds;
+        Ok(trainer)
+    }
+
+    /// Mean and lowest PSNR of the EMA weights on the first `clips` held-out full-size clips.
+    pub fn evaluate(&self, clips: usize) -> Result<EvalReport> {
+        let scenes: Vec<Scene> = (0..clips as u64).map(|i| eval_scene(self.cfg.seed, i)).collect();
+        let psnr = reconstruction_psnr(&self.ema_vae()?, &scenes)?;
+        Ok(EvalReport::new(self.step, psnr))
+    }
+
+    /// Computes the latent statistics with the EMA weights and writes the diffusers folder.
+    pub fn export(&self, out: &Path) -> Result<AutoencoderKLWanConfig> {
+        let (mean, std) = latent_statistics(&self.ema_vae()?, self.cfg.seed, self.cfg.stats_clips)?;
+        let cfg = self.cfg.vae.config(mean, std);
+        write_vae_folder(&cfg, &self.ema_weights(), out)?;
+        Ok(cfg)
+    }
+}
+
+/// Reconstruction quality of held-out full-size clips.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    pub step: u64,
+    /// Per clip, dB.
+    pub psnr_db: Vec<f64>,
+    pub mean_psnr_db: f64,
+    pub min_psnr_db: f64,
+}
+
+impl EvalReport {
+    fn new(step: u64, psnr_db: Vec<f64>) -> Self {
+        let mean_psnr_db = psnr_db.iter().sum::<f64>() / psnr_db.len().max(1) as f64;
+        let min_psnr_db = psnr_db.iter().copied().fold(f64::INFINITY, f64::min);
+        Self { step, psnr_db, mean_psnr_db, min_psnr_db }
+    }
+}
+
+/// What a VAE training run reports through its progress callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VaeEvent {
+    /// The events every trainer reports (resume, step, checkpoint, export, done).
+    Train(TrainEvent),
+    /// The parts of the loss of step `step` (the total is in the matching `Train(Step)`).
+    Loss { step: u64, parts: VaeLossParts },
+    /// Held-out reconstruction quality of the EMA weights.
+    Eval(EvalReport),
+}
+
+/// The result of [`run_vae_training`].
+#[derive(Debug, Clone)]
+pub struct VaeTrainSummary {
+    /// Optimizer steps done in total (including before a resume).
+    pub steps: u64,
+    pub last_loss: Option<f64>,
+    pub checkpoint: PathBuf,
+    /// The diffusers `vae/` folder (only once all steps are done).
+    pub exported: Option<PathBuf>,
+    /// The last held-out evaluation of this call.
+    pub eval: Option<EvalReport>,
+    /// Training time in total, across resumes.
+    pub seconds: f64,
+    pub parameters: usize,
+}
+
+const EVAL_HEADER: &str = "step,mean_psnr_db,min_psnr_db,seconds";
+
+fn append_eval(path: &Path, report: &EvalReport, seconds: f64) -> Result<()> {
+    let fresh = !path.is_file();
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut text = String::new();
+    if fresh {
+        text.push_str(EVAL_HEADER);
+        text.push('\n');
+    }
+    text.push_str(&format!("{},{:.4},{:.4},{:.3}\n", report.step, report.mean_psnr_db, report.min_psnr_db, seconds));
+    file.write_all(text.as_bytes()).map_err(|e| TrainError::io(path, e))
+}
+
+/// Trains (or continues training) the VAE per `cfg` into the folder `out` (see the module docs),
+/// on the CPU. A fresh run refuses a folder that already has a checkpoint, a resume needs one.
+/// After the last step: held-out PSNR, latent statistics, and the `vae/` folder.
+pub fn run_vae_training(
+    cfg: &VaeTrainConfig,
+    out: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(&VaeEvent),
+) -> Result<VaeTrainSummary> {
+    run_vae_training_on(cfg, out, resume, &Device::Cpu, progress)
+}
+
+/// [`run_vae_training`] on a given device.
+pub fn run_vae_training_on(
+    cfg: &VaeTrainConfig,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+    progress: &mut dyn FnMut(&VaeEvent),
+) -> Result<VaeTrainSummary> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let ckpt_dir = out.join("checkpoint");
+    let csv = out.join("loss.csv");
+    let plot = out.join("loss.png");
+    let eval_csv = out.join("eval.csv");
+    let mut trainer = if resume {
+        let t = VaeTrainer::resume(cfg, &ckpt_dir, device)?;
+        progress(&VaeEvent::Train(TrainEvent::Resumed { step: t.step(), path: ckpt_dir.clone() }));
+        t
+    } else {
+        if let Some(found) = find_checkpoint(&ckpt_dir) {
+            return Err(TrainError::Resume {
+                path: found,
+                message: "this output folder already holds a checkpoint: resume it, or train into another folder"
+                    .into(),
+            });
+        }
+        let _ = std::fs::remove_file(&eval_csv);
+        VaeTrainer::new(cfg, device)?
+    };
+    let config_path = out.join("config.json");
+    let text = serde_json::to_string_pretty(cfg)
+        .map_err(|e| TrainError::Config { path: config_path.clone(), message: e.to_string() })?;
+    std::fs::write(&config_path, text).map_err(|e| TrainError::io(&config_path, e))?;
+    let mut log = LossLog::open(&csv, resume.then_some(trainer.step()))?;
+
+    let started = Instant::now();
+    let mut last_loss = None;
+    let mut last_eval = None;
+    let mut saved_at = trainer.step();
+    while trainer.step() < cfg.steps {
+        let stats = trainer.train_step()?;
+        last_loss = Some(stats.loss.total);
+        let step = trainer.step();
+        log.append(&LossRow { step, loss: stats.loss.total, lr: stats.lr, seconds: trainer.seconds() })?;
+        progress(&VaeEvent::Train(TrainEvent::Step {
+            step,
+            total: cfg.steps,
+            loss: stats.loss.total,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            samples_per_sec: cfg.batch_size as f64 / stats.duration.as_secs_f64().max(1e-9),
+            elapsed: Duration::from_secs_f64(trainer.seconds()),
+        }));
+        progress(&VaeEvent::Loss { step, parts: stats.loss });
+        if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && step != cfg.steps {
+            let report = trainer.evaluate(cfg.eval_clips)?;
+            append_eval(&eval_csv, &report, trainer.seconds())?;
+            progress(&VaeEvent::Eval(report.clone()));
+            last_eval = Some(report);
+        }
+        let out_of_time = cfg.max_seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
+        let due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
+        if due || out_of_time || step == cfg.steps {
+            trainer.save(&ckpt_dir)?;
+            write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
+            saved_at = step;
+            progress(&VaeEvent::Train(TrainEvent::Checkpoint { step, path: ckpt_dir.clone() }));
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    if saved_at != trainer.step() || !ckpt_dir.join("state.json").is_file() {
+        trainer.save(&ckpt_dir)?;
+        progress(&VaeEvent::Train(TrainEvent::Checkpoint { step: trainer.step(), path: ckpt_dir.clone() }));
+    }
+    if csv.is_file() {
+        write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
+    }
+    let mut exported = None;
+    if trainer.step() >= cfg.steps {
+        let report = trainer.evaluate(cfg.eval_clips)?;
+        append_eval(&eval_csv, &report, trainer.seconds())?;
+        progress(&VaeEvent::Eval(report.clone()));
+        last_eval = Some(report);
+        let dir = out.join("vae");
+        trainer.export(&dir)?;
+        progress(&VaeEvent::Train(TrainEvent::Exported { step: trainer.step(), path: dir.clone() }));
+        exported = Some(dir);
+    }
+    progress(&VaeEvent::Train(TrainEvent::Done { step: trainer.step() }));
+    Ok(VaeTrainSummary {
+        steps: trainer.step(),
+        last_loss,
+        checkpoint: ckpt_dir,
+        exported,
+        eval: last_eval,
+        seconds: trainer.seconds(),
+        parameters: trainer.num_parameters(),
+    })
+}
+
+/// Timing of one VAE size (see [`benchmark_vae`]).
+#[derive(Debug, Clone)]
+pub struct VaeBench {
+    pub parameters: usize,
+    /// Median seconds of `AutoencoderKLWan::decode` of a full clip.
+    pub decode_seconds: f64,
+    /// Median seconds of `AutoencoderKLWan::encode` of a full clip.
+    pub encode_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times decode and encode of a full clip (`width` x `height`, `frames` frames) on freshly
+/// initialised weights of `arch`: one warm-up, then the median of `runs`.
+pub fn benchmark_vae(arch: &VaeArch, width: usize, height: usize, frames: usize, runs: usize) -> Result<VaeBench> {
+    let device = Device::Cpu;
+    let model = TrainableVae::new(arch.plain_config(), 1, &device)?;
+    let weights: HashMap<String, Tensor> =
+        sorted_vars(&model.vars).into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+    let parameters = weights.values().map(|t| t.elem_count()).sum();
+    let vae = vae_from_weights(&model.cfg, &weights, &device)?;
+    let x = (TrainRng::new(2).gaussian(&[1, 3, frames, height, width], &device)? * 0.5)?;
+    let (sr, tr) = (model.cfg.spatial_ratio(), model.cfg.temporal_ratio());
+    let z = TrainRng::new(3).gaussian(&[1, arch.z_dim, 1 + (frames - 1) / tr, height / sr, width / sr], &device)?;
+    let (mut dec, mut enc) = (Vec::new(), Vec::new());
+    for i in 0..=runs.max(1) {
+        let t = Instant::now();
+        vae.decode(&z)?.sum_all()?.to_scalar::<f32>()?;
+        let d = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        vae.encode(&x)?.0.sum_all()?.to_scalar::<f32>()?;
+        let e = t.elapsed().as_secs_f64();
+        if i > 0 {
+            dec.push(d);
+            enc.push(e);
+        }
+    }
+    Ok(VaeBench { parameters, decode_seconds: median(dec), encode_seconds: median(enc) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> VaeTrainConfig {
+        serde_json::from_value(serde_json::json!({
+            "seed": 5, "vae": {"base_dim": 4, "num_res_blocks": 1}, "batch_size": 1, "clip_frames": 5,
+            "crop": [16, 16], "steps": 3, "lr": 1e-3, "warmup_steps": 1,
+            "loss": {"l1": 1.0, "l2": 1.0, "edge": 0.5, "kl": 1e-6}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn config_checks_frames_and_crops() {
+        let cfg = tiny();
+        cfg.validate().unwrap();
+        let bad = VaeTrainConfig { clip_frames: 6, ..cfg.clone() };
+        assert!(bad.validate().unwrap_err().contains("clip_frames = 1+4k"));
+        let bad = VaeTrainConfig { crop: [20, 16], ..cfg.clone() };
+        assert!(bad.validate().unwrap_err().contains("multiple of 8"));
+        let bad = VaeTrainConfig { loss: VaeLossWeights { l1: 0.0, l2: 0.0, edge: 0.0, kl: 1.0 }, ..cfg };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn batches_are_a_function_of_the_step() {
+        let cfg = tiny();
+        let a = training_batch(&cfg, 3, &Device::Cpu).unwrap();
+        let b = training_batch(&cfg, 3, &Device::Cpu).unwrap();
+        let c = training_batch(&cfg, 4, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), &[1, 3, 5, 16, 16]);
+        let diff = |x: &Tensor, y: &Tensor| scalar(&(x - y).unwrap().abs().unwrap().sum_all().unwrap()).unwrap();
+        assert_eq!(diff(&a, &b), 0.0);
+        assert!(diff(&a, &c) > 0.0);
+        // values in [-1, 1]; a small crop may be one flat colour, but not every one
+        let mut varied = false;
+        for step in 0..8 {
+            let x = training_batch(&cfg, step, &Device::Cpu).unwrap();
+            let (lo, hi) = (scalar(&x.min_all().unwrap()).unwrap(), scalar(&x.max_all().unwrap()).unwrap());
+            assert!((-1.0..=1.0).contains(&lo) && (-1.0..=1.0).contains(&hi), "{lo} {hi}");
+            varied |= lo < hi;
+        }
+        assert!(varied);
+    }
+
+    #[test]
+    fn crop_reads_the_right_pixels() {
+        let (w, h, f) = (5usize, 4usize, 3usize);
+        let pixels: Vec<u8> = (0..w * h * f * 3).map(|i| (i % 251) as u8).collect();
+        let clip = Clip { width: w, height: h, frames: f, fps: 12, pixels };
+        let v = crop_values(&clip, 1, 2, 2, 1, 3, 2);
+        // channel 2, frame 1 of the crop (clip frame 2), row 1 (clip row 2), column 0 (clip column 2)
+        let want = clip.pixel(2, 2, 2)[2] as f32 / 127.5 - 1.0;
+        assert_eq!(v[((2 * 2 + 1) * 2 + 1) * 3], want);
+    }
+
+    /// The training forward (engine encoder, unclamped decoder) is the engine's VAE: decoding
+    /// matches `AutoencoderKLWan::decode` wherever that does not clamp.
+    #[test]
+    fn training_decoder_is_the_engine_decoder() {
+        let dev = Device::Cpu;
+        let arch = VaeArch {
+            base_dim: 4,
+            num_res_blocks: 1,
+            z_dim: 16,
+            dim_mult: defaults::dim_mult(),
+            temperal_downsample: defaults::temperal_downsample(),
+        };
+        let model = TrainableVae::new(arch.plain_config(), 9, &dev).unwrap();
+        let step = model.step_model().unwrap();
+        let z = TrainRng::new(4).gaussian(&[1, 16, 3, 2, 3], &dev).unwrap();
+        let train = step.decode_unclamped(&z).unwrap();
+        assert_eq!(train.dims(), &[1, 3, 9, 16, 24]);
+        let weights: HashMap<String, Tensor> =
+            sorted_vars(&model.vars).into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+        let engine = vae_from_weights(&model.cfg, &weights, &dev).unwrap().decode(&z).unwrap();
+        let err =
+            scalar(&(train.clamp(-1f32, 1f32).unwrap() - &engine).unwrap().abs().unwrap().max_all().unwrap()).unwrap();
+        assert!(err < 1e-5, "training decoder vs engine decoder: {err}");
+        assert!(train.track_op(), "the training decode must reach the weights");
+    }
+
+    #[test]
+    fn psnr_of_known_error() {
+        let a = Tensor::zeros((1, 3, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let b = (a.ones_like().unwrap() * 0.02).unwrap();
+        // mse 4e-4 -> 10 log10(4 / 4e-4) = 40 dB
+        assert!((psnr_db(&a, &b).unwrap() - 40.0).abs() < 1e-4);
+    }
+}
