@@ -16,8 +16,8 @@ fn training_and_sampling_speed() {
     let steps: usize = std::env::var("CIAK_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let batch: usize = std::env::var("CIAK_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let latent: [usize; 4] = [16, 7, 16, 28];
-    println!("| dim | heads x head_dim | layers | DiT params | tokens | train clips/s (batch {batch}) | CFG step s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| dim | heads x head_dim | layers | DiT params | tokens | train clips/s (batch {batch}) | train CPU s/clip | CFG step s | CFG step CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for size in sizes.split(',') {
         let v: Vec<usize> = size.split('x').map(|s| s.trim().parse().expect("dim x heads x head_dim x layers")).collect();
         let (dim, heads, head_dim, layers) = (v[0], v[1], v[2], v[3]);
@@ -35,12 +35,15 @@ fn training_and_sampling_speed() {
         cfg.text_len = 32;
         cfg.batch_size = batch;
         let r = benchmark(&cfg, latent, steps, &Device::Cpu).unwrap();
+        let cpu = |v: Option<f64>| v.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
         println!(
-            "| {dim} | {heads} x {head_dim} | {layers} | {:.2} M | {} | {:.3} | {:.3} |",
+            "| {dim} | {heads} x {head_dim} | {layers} | {:.2} M | {} | {:.3} | {} | {:.3} | {} |",
             r.dit_parameters as f64 / 1e6,
             r.tokens,
             r.train_samples_per_sec,
-            r.cfg_step_seconds
+            cpu(r.train_cpu_seconds_per_sample),
+            r.cfg_step_seconds,
+            cpu(r.cfg_step_cpu_seconds)
         );
         assert!(r.train_samples_per_sec > 0.0 && r.cfg_step_seconds > 0.0);
     }

@@ -789,7 +789,8 @@ pub fn run_dit_training(
     Ok(TrainSummary { steps: trainer.step(), last_loss, checkpoint: ckpt_dir, exported, seconds: trainer.seconds() })
 }
 
-/// Speed of a model size on this machine (see [`benchmark`]).
+/// Speed of a model size on this machine (see [`benchmark`]). Wall times depend on what else
+/// the machine runs; the CPU seconds (all threads of this process) do much less.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
     pub dit_parameters: usize,
@@ -797,8 +798,11 @@ pub struct BenchReport {
     pub tokens: usize,
     /// Training clips per second (median over the timed steps, after one warm-up step).
     pub train_samples_per_sec: f64,
+    /// Process CPU seconds per training clip (median), when the OS reports it.
+    pub train_cpu_seconds_per_sample: Option<f64>,
     /// One CFG sampling step: a batch-2 forward on inference (non-`Var`) weights, median.
     pub cfg_step_seconds: f64,
+    pub cfg_step_cpu_seconds: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -806,24 +810,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// User + system CPU time of this process (Linux `/proc/self/stat`, 100 ticks a second).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// Times `steps` training steps on synthetic latents of shape `[C, F', H', W']` and `steps`
-/// CFG sampling forwards of the same size.
+/// CFG sampling forwards of the same size (the text encoder runs once per generation, so it is
+/// left out of the sampling time).
 pub fn benchmark(cfg: &DitTrainConfig, latent_shape: [usize; 4], steps: usize, device: &Device) -> Result<BenchReport> {
     super::tune_allocator_for_training();
     let steps = steps.max(1);
     let mut trainer = DitTrainer::new(cfg, device)?;
     let captions = vec!["a red ball".to_string(), "a blue box".to_string()];
-    let captions: Vec<String> = captions
-        .into_iter()
-        .filter(|c| trainer.models.text_encoder.tokenize(std::slice::from_ref(c)).is_ok())
-        .collect();
-    let captions = if captions.is_empty() { vec![String::new()] } else { captions };
     let mut source = SyntheticLatents::new(cfg.seed, latent_shape, captions, device)?;
-    let mut train = Vec::new();
+    let (mut train, mut train_cpu) = (Vec::new(), Vec::new());
     for i in 0..=steps {
+        let cpu0 = process_cpu_seconds();
         let s = trainer.train_step(&mut source)?;
         if i > 0 {
             train.push(cfg.batch_size as f64 / s.duration.as_secs_f64());
+            if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+                train_cpu.push((b - a) / cfg.batch_size as f64);
+            }
         }
     }
     // inference weights: plain tensors, so the fused kernels run as in the pipeline
@@ -834,22 +847,98 @@ pub fn benchmark(cfg: &DitTrainConfig, latent_shape: [usize; 4], steps: usize, d
     let x = TrainRng::new(1).gaussian(&[2, c, f, h, w], device)?;
     let t = Tensor::new(&[500f32, 500.0], device)?;
     let ctx = TrainRng::new(2).gaussian(&[2, cfg.text_len, cfg.text_encoder.d_model], device)?;
-    let mut sample = Vec::new();
+    let (mut sample, mut sample_cpu) = (Vec::new(), Vec::new());
     for i in 0..=steps {
-        let start = Instant::now();
+        let (start, cpu0) = (Instant::now(), process_cpu_seconds());
         let v = model.forward(&x, &t, &ctx, None)?;
         v.sum_all()?.to_scalar::<f32>()?;
         if i > 0 {
             sample.push(start.elapsed().as_secs_f64());
+            if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+                sample_cpu.push(b - a);
+            }
         }
     }
     let (dit_parameters, text_parameters) = trainer.models.num_parameters();
     let [pt, ph, pw] = cfg.transformer.patch_size;
+    let opt_median = |v: Vec<f64>| (v.len() == steps).then(|| median(v));
     Ok(BenchReport {
         dit_parameters,
         text_parameters,
         tokens: (f / pt) * (h / ph) * (w / pw),
         train_samples_per_sec: median(train),
+        train_cpu_seconds_per_sample: opt_median(train_cpu),
         cfg_step_seconds: median(sample),
+        cfg_step_cpu_seconds: opt_median(sample_cpu),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest config a run needs; everything else has a default.
+    const MINIMAL: &str = r#"{
+        "seed": 7,
+        "transformer": {"num_attention_heads": 4, "attention_head_dim": 48, "ffn_dim": 768, "num_layers": 6},
+        "text_encoder": {"d_model": 128, "d_kv": 32, "num_heads": 4, "num_layers": 2, "d_ff": 256},
+        "tokenizer": "tokenizer.json",
+        "text_len": 32,
+        "batch_size": 4,
+        "steps": 20000,
+        "lr": 3e-4,
+        "warmup_steps": 500
+    }"#;
+
+    #[test]
+    fn config_reads_json_with_defaults_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dit.json");
+        std::fs::write(&path, MINIMAL.replace("\"warmup_steps\": 500", "\"warmup_steps\": 500, \"vae\": \"vae\"")).unwrap();
+        let cfg = DitTrainConfig::from_file(&path).unwrap();
+        assert_eq!(cfg.tokenizer, dir.path().join("tokenizer.json"));
+        assert_eq!(cfg.vae, Some(dir.path().join("vae")));
+        assert_eq!((cfg.shift, cfg.caption_dropout, cfg.ema_decay, cfg.grad_clip), (3.0, 0.1, 0.999, 1.0));
+        assert_eq!(cfg.sigma_sampling, SigmaSampling::ShiftedUniform);
+        assert_eq!(cfg.transformer.patch_size, [1, 2, 2]);
+        let t = cfg.transformer_config();
+        assert_eq!((t.inner_dim(), t.text_dim, t.in_channels), (192, 128, 16));
+        // a JSON round trip (as saved into checkpoints) gives the same config
+        let back: DitTrainConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let ln = MINIMAL.replace("\"lr\": 3e-4", "\"lr\": 3e-4, \"sigma_sampling\": {\"kind\": \"logit_normal\", \"mean\": 0.0, \"std\": 1.0}");
+        let cfg: DitTrainConfig = serde_json::from_str(&ln).unwrap();
+        assert_eq!(cfg.sigma_sampling, SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 });
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dit.json");
+        for (edit, want) in [
+            (("\"lr\": 3e-4", "\"lr\": 3e-4, \"learning_rate\": 1"), "learning_rate"),
+            (("\"attention_head_dim\": 48", "\"attention_head_dim\": 45"), "attention_head_dim"),
+            (("\"batch_size\": 4", "\"batch_size\": 0"), "batch_size"),
+            (("\"seed\": 7,", ""), "seed"),
+        ] {
+            std::fs::write(&path, MINIMAL.replace(edit.0, edit.1)).unwrap();
+            let err = DitTrainConfig::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("dit.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn init_follows_wan_and_t5() {
+        assert_eq!(dit_init("blocks.0.attn1.to_q.bias", &[8], 8), Init::Zeros);
+        assert_eq!(dit_init("blocks.0.attn1.norm_q.weight", &[8], 8), Init::Ones);
+        assert_eq!(dit_init("proj_out.weight", &[64, 8], 8), Init::Zeros);
+        assert_eq!(dit_init("scale_shift_table", &[1, 2, 64], 64), Init::Normal(0.125));
+        assert_eq!(dit_init("condition_embedder.text_embedder.linear_1.weight", &[8, 4], 8), Init::Normal(0.02));
+        assert_eq!(dit_init("patch_embedding.weight", &[8, 4, 1, 2, 2], 8), Init::Uniform((6.0f64 / 24.0).sqrt()));
+        let t5 = Umt5Config { d_model: 64, d_kv: 16, num_heads: 4, d_ff: 256, ..Umt5Config::umt5_xxl() };
+        assert_eq!(umt5_init("encoder.block.0.layer.0.SelfAttention.q.weight", &t5), Init::Normal(1.0 / 32.0));
+        assert_eq!(umt5_init("encoder.block.0.layer.1.DenseReluDense.wo.weight", &t5), Init::Normal(1.0 / 16.0));
+        assert_eq!(umt5_init("encoder.final_layer_norm.weight", &t5), Init::Ones);
+        assert_eq!(umt5_init("shared.weight", &t5), Init::Normal(1.0));
+    }
 }
