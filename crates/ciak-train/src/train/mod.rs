@@ -7,14 +7,20 @@
 //! - [`lossplot`]: the loss log (CSV) and its plot (PNG).
 //! - [`dit`]: the training run (`run_dit_training`) and its JSON config.
 //! - [`export`]: the diffusers-format folder that `WanPipeline::load` reads.
+//! - [`vae`]: the built-in VAE (Wan2.1 `AutoencoderKLWan` at toy size) trained on toy frames.
+//! - [`latents`]: the VAE latent cache of training clips, read by the DiT trainer.
 pub mod checkpoint;
 pub mod dit;
 pub mod export;
 pub mod flow;
+pub mod latents;
 pub mod lossplot;
 pub mod optim;
+pub mod vae;
 
 pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
+pub use latents::{build_latent_cache, CachedLatents, LatentCacheConfig};
+pub use vae::{run_vae_training, VaeTrainConfig, VaeTrainSummary};
 
 use candle_core::Tensor;
 use std::path::PathBuf;
