@@ -4,6 +4,7 @@ mod doctor;
 mod generate;
 mod options;
 mod progress;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Print what ciak sees (CPU, threads, CUDA, models in the cache) for a bug report.
     Doctor,
+    /// Tools for the built-in model's training world: preview clips, write its tokenizer.
+    Train(train_cmd::TrainArgs),
     Bench(Box<bench::BenchArgs>),
 }
 
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Doctor => doctor::run(),
         Command::Bench(args) => bench::run(*args),
+        Command::Train(args) => train_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
