@@ -1,11 +1,24 @@
-//! `ciak train ...`: tools for the built-in model's toy world. `preview` writes sample clips as
-//! PNG strips with their captions; `tokenizer` writes the word-level tokenizer.json.
-use anyhow::{Context, Result};
+//! `ciak train ...`: the built-in model from scratch. `vae` trains the VAE, `latents` encodes
+//! training clips with it, `dit` trains the DiT and text encoder on them and exports a diffusers
+//! folder with `ciak.json`, `all` runs the three with the committed settings (train/*.json).
+//! `preview` writes sample clips as PNG strips with their captions; `tokenizer` writes the
+//! word-level tokenizer.json.
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::Device;
+use ciak_engine::model_dir::GenerationDefaults;
 use ciak_train::preview::{write_preview, PreviewOptions};
+use ciak_train::train::checkpoint::find_checkpoint;
+use ciak_train::train::latents::CacheDType;
+use ciak_train::train::vae::VaeEvent;
+use ciak_train::train::{
+    build_latent_cache, run_dit_training, run_vae_training, CachedLatents, DitTrainConfig, LatentCacheConfig, TrainEvent,
+    VaeTrainConfig,
+};
 use ciak_train::world::Aspect;
-use ciak_train::Split;
+use ciak_train::{SamplerConfig, Split};
 use clap::{Args, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -20,6 +33,14 @@ pub enum TrainCommand {
     Preview(PreviewArgs),
     /// Write the built-in model's word-level tokenizer.json (every caption word, T5 special ids).
     Tokenizer(TokenizerArgs),
+    /// Train the VAE on toy-world clips; exports OUT/vae.
+    Vae(VaeArgs),
+    /// Encode training clips with a trained VAE into a latent cache.
+    Latents(LatentsArgs),
+    /// Train the DiT and text encoder on a latent cache; exports OUT/model (diffusers + ciak.json).
+    Dit(DitArgs),
+    /// VAE, latent cache and DiT in order with the committed settings, into OUT/{vae,latents,dit}.
+    All(AllArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +90,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("wrote {} ({} tokens)", t.out.display(), ciak_train::tokenizer::tokens().len());
             Ok(())
         }
+        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, a.max_seconds, a.log_every).map(|_| ()),
+        TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, &a.out, a.resume),
+        TrainCommand::Dit(a) => {
+            let settings = read_dit_settings(&a.config, &a.out)?;
+            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.max_seconds, a.log_every).map(|_| ())
+        }
+        TrainCommand::All(a) => all(a),
     }
 }
 
@@ -90,5 +118,386 @@ fn preview(p: PreviewArgs) -> Result<()> {
         p.out.display(),
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+// ---- training: vae, latents, dit, all ----
+
+/// Settings of `train dit` / `train all` that live beside the trainer's own config in the same
+/// JSON file (the trainer's config refuses unknown keys, so they are taken out first).
+#[derive(Debug, Clone)]
+pub struct DitRunSettings {
+    pub train: DitTrainConfig,
+    /// What the exported model's `ciak.json` says (size, frames, fps, steps, guidance).
+    pub generation: GenerationDefaults,
+    /// The latent cache `train all` builds: training items `0..clips` of `seed`.
+    pub latent_clips: usize,
+    pub latent_seed: u64,
+}
+
+/// The tokenizer value that means "the built-in word-level tokenizer, written next to the run".
+const BUILTIN_TOKENIZER: &str = "builtin";
+
+/// Reads a DiT config file: the trainer's keys plus `generation` and `latents`. A `tokenizer` of
+/// `"builtin"` writes the built-in word-level tokenizer into `out` and uses it.
+pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the DiT config {}", path.display()))?;
+    let mut value: Value =
+        serde_json::from_str(&text).with_context(|| format!("bad JSON in the DiT config {}", path.display()))?;
+    let obj = value
+        .as_object_mut()
+        .with_context(|| format!("bad config {}: expected a JSON object", path.display()))?;
+    let generation = obj
+        .remove("generation")
+        .with_context(|| format!("bad config {}: expected a `generation` object (ciak.json defaults)", path.display()))?;
+    let generation = parse_generation(&generation).with_context(|| format!("bad config {}", path.display()))?;
+    let latents = obj.remove("latents");
+    let (latent_clips, latent_seed) = match &latents {
+        None => (0, 0),
+        Some(l) => {
+            let clips = l.get("clips").and_then(Value::as_u64);
+            let seed = l.get("seed").and_then(Value::as_u64);
+            match (clips, seed) {
+                (Some(c), Some(s)) if c > 0 => (c as usize, s),
+                _ => bail!("bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S}}, got {l}", path.display()),
+            }
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let tokenizer = match obj.get("tokenizer").and_then(Value::as_str) {
+        Some(BUILTIN_TOKENIZER) => {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            let file = out.join("tokenizer.json");
+            ciak_train::tokenizer::write_tokenizer_json(&file).with_context(|| format!("writing {}", file.display()))?;
+            Some(file)
+        }
+        _ => None,
+    };
+    if let Some(file) = &tokenizer {
+        obj.insert("tokenizer".into(), Value::String(file.to_string_lossy().into_owned()));
+    }
+    let mut train: DitTrainConfig =
+        serde_json::from_value(value).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
+    if tokenizer.is_none() {
+        train.tokenizer = base.join(&train.tokenizer);
+    }
+    train.vae = train.vae.map(|v| base.join(v));
+    train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
+    Ok(DitRunSettings { train, generation, latent_clips, latent_seed })
+}
+
+/// `generation` must name every field: a missing one would silently become Wan2.1's default.
+fn parse_generation(v: &Value) -> Result<GenerationDefaults> {
+    let obj = v.as_object().context("expected `generation` to be an object")?;
+    for key in ["width", "height", "frames", "fps", "steps", "guidance"] {
+        ensure!(obj.contains_key(key), "expected `generation.{key}`");
+    }
+    let g: GenerationDefaults = serde_json::from_value(v.clone()).context("bad `generation`")?;
+    ensure!(
+        g.width % 16 == 0 && g.height % 16 == 0 && g.width > 0 && g.height > 0,
+        "expected generation width and height as nonzero multiples of 16, got {}x{}",
+        g.width,
+        g.height
+    );
+    ensure!(g.frames % 4 == 1, "expected generation.frames = 1+4k, got {}", g.frames);
+    ensure!(g.steps > 0 && g.fps > 0.0 && g.guidance >= 0.0, "expected steps >= 1, fps > 0, guidance >= 0");
+    Ok(g)
+}
+
+#[derive(Args, Debug)]
+pub struct VaeArgs {
+    /// The VAE training config.
+    #[arg(long, default_value = "train/vae.json")]
+    pub config: PathBuf,
+    /// Run folder: checkpoint/, loss.csv, loss.png, eval.csv and, when done, vae/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop with a checkpoint after this much training time (resume later).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Print every Nth step (the first and last always).
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LatentsArgs {
+    /// A trained VAE folder (`train vae` writes it as OUT/vae).
+    #[arg(long)]
+    pub vae: PathBuf,
+    /// Training clips to encode.
+    #[arg(long)]
+    pub count: usize,
+    /// Dataset seed of the clips.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Cache folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue an interrupted build in --out (shards already written are kept).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DitArgs {
+    /// The DiT training config (trainer settings, `latents`, `generation`).
+    #[arg(long, default_value = "train/dit.json")]
+    pub config: PathBuf,
+    /// A latent cache folder (`train latents`).
+    #[arg(long)]
+    pub latents: PathBuf,
+    /// The trained VAE folder exported with the model.
+    #[arg(long)]
+    pub vae: PathBuf,
+    /// Run folder: checkpoint/, loss.csv, loss.png and, when done, model/ (with ciak.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop with a checkpoint after this much training time (resume later).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct AllArgs {
+    /// Run folder: vae/, latents/, dit/ (the finished model is dit/model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue: finished stages are skipped, a started one resumes, the rest start.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "train/vae.json")]
+    pub vae_config: PathBuf,
+    #[arg(long, default_value = "train/dit.json")]
+    pub dit_config: PathBuf,
+    /// Stop with a checkpoint after this much training time per stage (resume later).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+}
+
+/// "1h02m", "3m05s", "12s".
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+/// Prints training events as plain lines; the ETA comes from this invocation's pace.
+struct StepPrinter {
+    stage: &'static str,
+    log_every: u64,
+    started: Instant,
+    first_step: Option<u64>,
+}
+
+impl StepPrinter {
+    fn new(stage: &'static str, log_every: u64) -> Self {
+        Self { stage, log_every: log_every.max(1), started: Instant::now(), first_step: None }
+    }
+
+    fn event(&mut self, e: &TrainEvent) {
+        let stage = self.stage;
+        match e {
+            TrainEvent::Resumed { step, path } => println!("{stage}: resuming after step {step} from {}", path.display()),
+            TrainEvent::Step { step, total, loss, lr, samples_per_sec, .. } => {
+                let first = *self.first_step.get_or_insert(*step);
+                if step % self.log_every != 0 && step != total && *step != first {
+                    return;
+                }
+                let done = (step - first + 1) as f64;
+                let eta = self.started.elapsed().as_secs_f64() / done * (total - step) as f64;
+                println!(
+                    "{stage}: step {step}/{total}  loss {loss:.5}  lr {lr:.2e}  {samples_per_sec:.2} clips/s  ETA {}",
+                    hms(eta)
+                );
+            }
+            TrainEvent::Checkpoint { step, path } => println!("{stage}: checkpoint at step {step} in {}", path.display()),
+            TrainEvent::Exported { step, path } => println!("{stage}: exported step {step} to {}", path.display()),
+            TrainEvent::Done { step } => {
+                println!("{stage}: stopped at step {step} after {}", hms(self.started.elapsed().as_secs_f64()))
+            }
+        }
+    }
+}
+
+/// `--resume` needs a checkpoint and a fresh run must not find one (it would be overwritten).
+fn check_checkpoint(out: &Path, resume: bool, what: &str) -> Result<()> {
+    let found = find_checkpoint(&out.join("checkpoint"));
+    match (resume, found) {
+        (true, None) => bail!("nothing to resume in {}: no checkpoint/ from an earlier `{what}` run (drop --resume)", out.display()),
+        (false, Some(p)) => bail!(
+            "{} already holds a checkpoint ({}): add --resume to continue it, or pick another --out",
+            out.display(),
+            p.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn with_max_seconds(max: Option<f64>) -> Result<Option<f64>> {
+    if let Some(s) = max {
+        ensure!(s >= 0.0 && s.is_finite(), "expected --max-seconds >= 0, got {s}");
+    }
+    Ok(max)
+}
+
+fn vae_stage(config: &Path, out: &Path, resume: bool, max_seconds: Option<f64>, log_every: u64) -> Result<Option<PathBuf>> {
+    let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
+    if let Some(s) = with_max_seconds(max_seconds)? {
+        cfg.max_seconds = Some(s);
+    }
+    check_checkpoint(out, resume, "train vae")?;
+    let mut printer = StepPrinter::new("vae", log_every);
+    let summary = run_vae_training(&cfg, out, resume, &mut |e| match e {
+        VaeEvent::Train(t) => printer.event(t),
+        VaeEvent::Eval(r) => {
+            println!("vae: held-out PSNR at step {}: mean {:.2} dB, min {:.2} dB", r.step, r.mean_psnr_db, r.min_psnr_db)
+        }
+        VaeEvent::Loss { .. } => {}
+    })
+    .with_context(|| format!("training the VAE into {}", out.display()))?;
+    match &summary.exported {
+        Some(dir) => println!("vae: done, {} steps, {} parameters, model in {}", summary.steps, summary.parameters, dir.display()),
+        None => println!("vae: paused at step {}/{}; continue with --resume", summary.steps, cfg.steps),
+    }
+    Ok(summary.exported)
+}
+
+/// Whether a folder holds anything of a latent cache.
+fn has_latent_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name == "cache.json" || name.starts_with("latents-")
+        })
+    })
+}
+
+fn latents_stage(vae: &Path, count: usize, seed: u64, out: &Path, resume: bool) -> Result<()> {
+    ensure!(count > 0, "expected --count of at least 1, got 0");
+    ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
+    match (resume, has_latent_files(out)) {
+        (true, false) => bail!("nothing to resume in {}: no latent cache files there (drop --resume)", out.display()),
+        (false, true) => bail!("{} already holds a latent cache: add --resume to continue it, or pick another --out", out.display()),
+        _ => {}
+    }
+    let cfg = LatentCacheConfig {
+        seed,
+        clips: count,
+        sampler: SamplerConfig::default(),
+        shard_clips: 64,
+        dtype: CacheDType::F16,
+    };
+    let started = Instant::now();
+    let every = (count / 20).max(1);
+    let summary = build_latent_cache(vae, out, &cfg, &Device::Cpu, &mut |done, total| {
+        if done % every == 0 || done == total {
+            let secs = started.elapsed().as_secs_f64();
+            println!("latents: {done}/{total} clips  {:.2} clips/s", done as f64 / secs.max(1e-9));
+        }
+    })
+    .with_context(|| format!("building the latent cache in {}", out.display()))?;
+    println!(
+        "latents: done, {} clips in {} shards ({} encoded now, {:.2} clips/s) in {}",
+        summary.clips,
+        summary.shards,
+        summary.encoded,
+        summary.clips_per_sec(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Trains the DiT; on completion writes `ciak.json` into the exported model and returns it.
+fn dit_stage(
+    settings: &DitRunSettings,
+    latents: &Path,
+    vae: &Path,
+    out: &Path,
+    resume: bool,
+    max_seconds: Option<f64>,
+    log_every: u64,
+) -> Result<Option<PathBuf>> {
+    ensure!(
+        latents.join("cache.json").is_file(),
+        "expected a latent cache (cache.json) in {}; build one with `ciak train latents`",
+        latents.display()
+    );
+    ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
+    check_checkpoint(out, resume, "train dit")?;
+    let mut cfg = settings.train.clone();
+    cfg.vae = Some(vae.to_path_buf());
+    if let Some(s) = with_max_seconds(max_seconds)? {
+        cfg.max_seconds = Some(s);
+    }
+    let device = Device::Cpu;
+    let mut source = CachedLatents::open(latents, cfg.seed, &device)
+        .with_context(|| format!("opening the latent cache {}", latents.display()))?;
+    let counts: Vec<String> = source.counts().iter().map(|(a, n)| format!("{n} x {a}")).collect();
+    println!("dit: {} cached clips ({})", source.len(), counts.join(", "));
+    let mut printer = StepPrinter::new("dit", log_every);
+    let summary = run_dit_training(&cfg, &mut source, out, resume, &device, &mut |e| printer.event(e))
+        .with_context(|| format!("training the DiT into {}", out.display()))?;
+    let Some(model) = summary.exported else {
+        println!("dit: paused at step {}/{}; continue with --resume", summary.steps, cfg.steps);
+        return Ok(None);
+    };
+    let path = model.join("ciak.json");
+    let text = serde_json::to_string_pretty(&settings.generation)? + "\n";
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("dit: done, {} steps in {}, model in {}", summary.steps, hms(summary.seconds), model.display());
+    Ok(Some(model))
+}
+
+fn all(a: AllArgs) -> Result<()> {
+    // read both configs before any work, so a typo fails in a second, not after the VAE
+    VaeTrainConfig::from_file(&a.vae_config).with_context(|| format!("reading the VAE config {}", a.vae_config.display()))?;
+    let dit_out = a.out.join("dit");
+    let settings = read_dit_settings(&a.dit_config, &dit_out)?;
+    ensure!(
+        settings.latent_clips > 0,
+        "bad config {}: `train all` needs `latents` ({{\"clips\": N, \"seed\": S}})",
+        a.dit_config.display()
+    );
+    if !a.resume && a.out.join("vae").exists() {
+        bail!("{} already holds a run: add --resume to continue it, or pick another --out", a.out.display());
+    }
+    let (vae_out, latents_out) = (a.out.join("vae"), a.out.join("latents"));
+    let vae_dir = vae_out.join("vae");
+    let done = |marker: &Path| a.resume && marker.is_file();
+
+    if done(&vae_dir.join("config.json")) {
+        println!("vae: already trained ({}), skipping", vae_dir.display());
+    } else {
+        let started = a.resume && find_checkpoint(&vae_out.join("checkpoint")).is_some();
+        if vae_stage(&a.vae_config, &vae_out, started, a.max_seconds, a.log_every)?.is_none() {
+            return Ok(());
+        }
+    }
+
+    let resume_latents = a.resume && has_latent_files(&latents_out);
+    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, &latents_out, resume_latents)?;
+
+    let model = dit_out.join("model");
+    if done(&model.join("ciak.json")) {
+        println!("dit: already trained ({}), skipping", model.display());
+        return Ok(());
+    }
+    let started = a.resume && find_checkpoint(&dit_out.join("checkpoint")).is_some();
+    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, a.max_seconds, a.log_every)? {
+        println!("all: the model is in {}", model.display());
+    }
     Ok(())
 }

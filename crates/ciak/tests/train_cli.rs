@@ -1,0 +1,158 @@
+//! `ciak train` as a user types it, at toy size: VAE -> latent cache -> DiT -> exported folder
+//! that `ciak generate --model DIR` renders, `train all` with resume, and bad input.
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ciak(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ciak")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A failure is one line on stderr naming the problem, a nonzero exit, no panic.
+fn fails(o: Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected a failure: {}", text(&o));
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+fn write(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
+/// A VAE of base_dim 4 on 16x16 crops of 5 frames, 2 steps.
+fn tiny_vae() -> Value {
+    json!({
+        "seed": 3,
+        "vae": { "base_dim": 4, "num_res_blocks": 1, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "temperal_downsample": [false, true, true] },
+        "batch_size": 1, "clip_frames": 5, "crop": [16, 16], "steps": 2, "lr": 0.003, "warmup_steps": 1,
+        "loss": { "l1": 1.0, "l2": 1.0, "edge": 0.5, "kl": 1e-5 },
+        "checkpoint_every": 1, "eval_clips": 1, "stats_clips": 2
+    })
+}
+
+/// A 2-layer DiT of width 48 and a 2-layer text encoder of width 32, 3 steps, 3 cached clips.
+fn tiny_dit() -> Value {
+    json!({
+        "seed": 5,
+        "transformer": { "num_attention_heads": 2, "attention_head_dim": 24, "ffn_dim": 96, "num_layers": 2, "freq_dim": 64 },
+        "text_encoder": { "d_model": 32, "d_kv": 8, "num_heads": 4, "num_layers": 2, "d_ff": 64 },
+        "tokenizer": "builtin",
+        "text_len": 16, "batch_size": 1, "steps": 3, "lr": 0.001, "warmup_steps": 1, "ema_decay": 0.5,
+        "checkpoint_every": 2,
+        "latents": { "clips": 3, "seed": 2 },
+        "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "" }
+    })
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("vae.json"), &tiny_vae());
+    write(&dir.path().join("dit.json"), &tiny_dit());
+    let root = dir.path().to_path_buf();
+    (dir, root)
+}
+
+/// The exported folder renders with its own ciak.json defaults (size, frames, fps, steps).
+fn generates(dir: &Path, model: &Path) {
+    let m = model.to_str().unwrap();
+    ok(ciak(dir, &["generate", "--model", m, "a red ball moves left", "--seed", "1", "-o", "clip.mp4"]));
+    let info = ciak_engine::video::read_mp4_info(&dir.join("clip.mp4")).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (64, 48, 5), "{info:?}");
+    assert!((info.fps - 8.0).abs() < 1e-6, "{info:?}");
+    let recipe: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("clip.json")).unwrap()).unwrap();
+    assert_eq!(recipe["steps"], 2, "{recipe}");
+}
+
+#[test]
+fn vae_latents_dit_stages_pause_resume_export_and_generate() {
+    let started = std::time::Instant::now();
+    let (_tmp, d) = setup();
+    let out = ok(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "run/vae", "--log-every", "1"]));
+    assert!(out.contains("vae: step 2/2") && out.contains("clips/s") && out.contains("ETA"), "{out}");
+    assert!(d.join("run/vae/vae/config.json").is_file() && d.join("run/vae/loss.png").is_file(), "{out}");
+
+    let out = ok(ciak(&d, &["train", "latents", "--vae", "run/vae/vae", "--count", "3", "--seed", "2", "--out", "run/lat"]));
+    assert!(out.contains("latents: done, 3 clips"), "{out}");
+    // a resumed build finds every shard written and encodes nothing
+    let out = ok(ciak(&d, &["train", "latents", "--vae", "run/vae/vae", "--count", "3", "--seed", "2", "--out", "run/lat", "--resume"]));
+    assert!(out.contains("(0 encoded now"), "{out}");
+
+    let dit = ["train", "dit", "--config", "dit.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/dit"];
+    let out = ok(ciak(&d, &[&dit[..], &["--max-seconds", "0", "--log-every", "1"]].concat()));
+    assert!(out.contains("dit: step 1/3") && out.contains("paused at step 1/3"), "{out}");
+    assert!(!d.join("run/dit/model").exists(), "{out}");
+    let out = ok(ciak(&d, &[&dit[..], &["--resume", "--log-every", "1"]].concat()));
+    assert!(out.contains("resuming after step 1") && out.contains("dit: step 3/3") && !out.contains("step 1/3"), "{out}");
+    let model = d.join("run/dit/model");
+    let defaults: Value = serde_json::from_str(&std::fs::read_to_string(model.join("ciak.json")).unwrap()).unwrap();
+    assert_eq!(defaults["width"], 64);
+    for part in ["model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json", "vae/config.json"] {
+        assert!(model.join(part).is_file(), "missing {part}");
+    }
+    generates(&d, &model);
+    eprintln!("stages end to end in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn train_all_runs_the_stages_and_resume_skips_finished_ones() {
+    let (_tmp, d) = setup();
+    let all = ["train", "all", "--out", "run", "--vae-config", "vae.json", "--dit-config", "dit.json"];
+    let out = ok(ciak(&d, &all));
+    assert!(out.contains("all: the model is in"), "{out}");
+    generates(&d, &d.join("run/dit/model"));
+    // everything done: a resume only checks the cache and says so
+    let out = ok(ciak(&d, &[&all[..], &["--resume"]].concat()));
+    assert!(out.contains("vae: already trained") && out.contains("dit: already trained"), "{out}");
+    assert!(!out.contains("step "), "{out}");
+    // a fresh run must not overwrite it
+    fails(ciak(&d, &all), "already holds a run");
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let (_tmp, d) = setup();
+    std::fs::write(d.join("broken.json"), "{ \"seed\": 1,").unwrap();
+    let mut no_gen = tiny_dit();
+    no_gen["generation"].as_object_mut().unwrap().remove("fps");
+    write(&d.join("nogen.json"), &no_gen);
+
+    fails(ciak(&d, &["train", "vae", "--config", "missing.json", "--out", "a"]), "missing.json");
+    fails(ciak(&d, &["train", "vae", "--config", "broken.json", "--out", "a"]), "bad config");
+    fails(ciak(&d, &["train", "dit", "--config", "broken.json", "--latents", "x", "--vae", "y", "--out", "a"]), "bad JSON");
+    fails(ciak(&d, &["train", "dit", "--config", "nogen.json", "--latents", "x", "--vae", "y", "--out", "a"]), "generation.fps");
+    fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--resume"]), "nothing to resume");
+    fails(ciak(&d, &["train", "latents", "--vae", "nowhere", "--count", "2", "--out", "a"]), "expected a trained VAE");
+    fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "0", "--out", "a"]), "--count");
+    fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
+
+    // the committed settings parse; the run then stops at the missing latent cache
+    let committed = repo_root().join("train/dit.json");
+    let c = committed.to_str().unwrap();
+    fails(ciak(&d, &["train", "dit", "--config", c, "--latents", "nowhere", "--vae", "y", "--out", "b"]), "expected a latent cache");
+    assert!(d.join("b/tokenizer.json").is_file());
+
+    // a fresh run into a folder holding a checkpoint, and resuming a cache that is not there
+    std::fs::create_dir_all(d.join("c/checkpoint")).unwrap();
+    std::fs::write(d.join("c/checkpoint/state.json"), "{}").unwrap();
+    fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "c"]), "already holds a checkpoint");
+    std::fs::write(d.join("config.json"), "{}").unwrap();
+    fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--out", "e", "--resume"]), "nothing to resume");
+    std::fs::create_dir_all(d.join("f")).unwrap();
+    std::fs::write(d.join("f/cache.json"), "{}").unwrap();
+    fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--out", "f"]), "already holds a latent cache");
+}
