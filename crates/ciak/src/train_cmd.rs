@@ -194,7 +194,7 @@ fn parse_generation(v: &Value) -> Result<GenerationDefaults> {
     }
     let g: GenerationDefaults = serde_json::from_value(v.clone()).context("bad `generation`")?;
     ensure!(
-        g.width % 16 == 0 && g.height % 16 == 0 && g.width > 0 && g.height > 0,
+        g.width.is_multiple_of(16) && g.height.is_multiple_of(16) && g.width > 0 && g.height > 0,
         "expected generation width and height as nonzero multiples of 16, got {}x{}",
         g.width,
         g.height
@@ -465,15 +465,15 @@ fn all(a: AllArgs) -> Result<()> {
     // read both configs before any work, so a typo fails in a second, not after the VAE
     VaeTrainConfig::from_file(&a.vae_config).with_context(|| format!("reading the VAE config {}", a.vae_config.display()))?;
     let dit_out = a.out.join("dit");
+    if !a.resume && [a.out.join("vae"), a.out.join("latents"), dit_out.join("checkpoint")].iter().any(|p| p.exists()) {
+        bail!("{} already holds a run: add --resume to continue it, or pick another --out", a.out.display());
+    }
     let settings = read_dit_settings(&a.dit_config, &dit_out)?;
     ensure!(
         settings.latent_clips > 0,
         "bad config {}: `train all` needs `latents` ({{\"clips\": N, \"seed\": S}})",
         a.dit_config.display()
     );
-    if !a.resume && a.out.join("vae").exists() {
-        bail!("{} already holds a run: add --resume to continue it, or pick another --out", a.out.display());
-    }
     let (vae_out, latents_out) = (a.out.join("vae"), a.out.join("latents"));
     let vae_dir = vae_out.join("vae");
     let done = |marker: &Path| a.resume && marker.is_file();
