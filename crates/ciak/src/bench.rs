@@ -180,6 +180,10 @@ fn gib(bytes: Option<u64>) -> String {
     }
 }
 
+fn cpu(c: Option<f64>) -> String {
+    c.map(|c| format!("cpu {c:.2} s, ")).unwrap_or_default()
+}
+
 fn params(p: Option<u64>) -> String {
     match p {
         Some(n) if n >= 1_000_000_000 => format!("{:.3} B params", n as f64 / 1e9),
@@ -221,7 +225,12 @@ pub fn table(r: &BenchReport) -> String {
     row(&mut out, "build VAE", s(b.vae.seconds), format!("{}, {}", params(b.vae.params), b.vae.dtype));
     let st = &r.stages;
     match &st.text_encoder {
-        Some(t) => row(&mut out, &format!("text encoder ({})", b.text_encoder_kind), s(t.seconds), format!("peak host {}", gib(t.peak_host_rss_bytes))),
+        Some(t) => row(
+            &mut out,
+            &format!("text encoder ({})", b.text_encoder_kind),
+            s(t.seconds),
+            format!("{}peak host {}", cpu(t.cpu_s), gib(t.peak_host_rss_bytes)),
+        ),
         None => row(&mut out, "text encoder", "skipped".into(), "random context".into()),
     }
     let f = &st.transformer_forward;
@@ -229,17 +238,25 @@ pub fn table(r: &BenchReport) -> String {
         &mut out,
         "transformer forward (batch 1)",
         s(f.seconds),
-        format!("median of {} (min {:.3}, max {:.3}), peak host {}", f.runs.len(), f.min_s, f.max_s, gib(f.peak_host_rss_bytes)),
+        format!(
+            "median of {} (min {:.3}, max {:.3}), {}peak host {}",
+            f.runs.len(),
+            f.min_s,
+            f.max_s,
+            cpu(f.cpu_s),
+            gib(f.peak_host_rss_bytes)
+        ),
     );
     let sm = &st.sampling;
     row(
         &mut out,
         &format!("sampling ({} steps)", r.steps),
         s(sm.seconds),
-        format!("{:.3} s/step (median), batch {}, peak host {}", sm.per_step_s, sm.batch, gib(sm.peak_host_rss_bytes)),
+        format!("{:.3} s/step (median), batch {}, {}peak host {}", sm.per_step_s, sm.batch, cpu(sm.cpu_s), gib(sm.peak_host_rss_bytes)),
     );
-    row(&mut out, "VAE decode", s(st.vae_decode.seconds), format!("peak host {}", gib(st.vae_decode.peak_host_rss_bytes)));
-    row(&mut out, "total (text+sampling+decode)", s(st.total.seconds), String::new());
+    let d = &st.vae_decode;
+    row(&mut out, "VAE decode", s(d.seconds), format!("{}peak host {}", cpu(d.cpu_s), gib(d.peak_host_rss_bytes)));
+    row(&mut out, "total (text+sampling+decode)", s(st.total.seconds), cpu(st.total.cpu_s).trim_end_matches(", ").to_string());
     row(&mut out, "peak memory (host RSS)", gib(r.peak_memory.host_rss_bytes), "whole run, build included".into());
     row(&mut out, "peak memory (device)", gib(r.peak_memory.device_bytes), r.peak_memory.note.clone());
     out

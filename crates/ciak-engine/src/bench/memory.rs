@@ -23,6 +23,18 @@ fn status_kib(key: &str) -> Option<u64> {
     line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
+/// CPU time (user + system, all threads) this process has used, in seconds, from
+/// /proc/self/stat (assumes the usual 100 clock ticks per second).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name and state.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 /// The CPU's model name (first `model name` of /proc/cpuinfo).
 pub fn cpu_model() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -48,6 +60,13 @@ mod tests {
         let with_block = peak_rss_bytes().unwrap();
         assert!(with_block >= (256 << 20), "peak {with_block} after touching 256 MiB");
         drop(block);
+        let cpu = cpu_seconds().unwrap();
+        let spin = std::time::Instant::now();
+        while spin.elapsed().as_millis() < 300 {
+            std::hint::black_box(spin.elapsed());
+        }
+        let used = cpu_seconds().unwrap() - cpu;
+        assert!(used > 0.05 && used < 5.0, "300 ms of spinning used {used} s of CPU");
         if reset_peak() {
             let after = peak_rss_bytes().unwrap();
             assert!(after < with_block, "reset peak {after} should drop below {with_block}");

@@ -175,18 +175,21 @@ pub fn device_name(d: &Device) -> String {
 /// memory at the start so each stage reports its own peak.
 struct Clock {
     start: Instant,
+    cpu: Option<f64>,
 }
 
 impl Clock {
     fn start(device: &Device) -> Result<Self> {
         device.synchronize()?;
         memory::reset_peak();
-        Ok(Self { start: Instant::now() })
+        Ok(Self { start: Instant::now(), cpu: memory::cpu_seconds() })
     }
 
     fn stop(self, device: &Device) -> Result<Stage> {
         device.synchronize()?;
-        Ok(Stage { seconds: self.start.elapsed().as_secs_f64(), peak_host_rss_bytes: memory::peak_rss_bytes() })
+        let seconds = self.start.elapsed().as_secs_f64();
+        let cpu_s = self.cpu.zip(memory::cpu_seconds()).map(|(a, b)| b - a);
+        Ok(Stage { seconds, cpu_s, peak_host_rss_bytes: memory::peak_rss_bytes() })
     }
 }
 
@@ -194,6 +197,9 @@ impl Clock {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stage {
     pub seconds: f64,
+    /// CPU time of the process (all threads) during the stage: on a shared machine the wall time
+    /// includes waiting for cores, this does not. `None` off Linux.
+    pub cpu_s: Option<f64>,
     /// Peak resident memory of the process during the stage (since the start of the process where
     /// the peak cannot be reset); `None` off Linux.
     pub peak_host_rss_bytes: Option<u64>,
@@ -485,15 +491,18 @@ impl BenchPipeline {
             self.transformer.forward(&x, &t, context, None)?;
         }
         let mut seconds = Vec::with_capacity(reps.max(1));
+        let mut cpu = Some(0.0);
         let mut peak = None;
         for _ in 0..reps.max(1) {
             let clock = Clock::start(device)?;
             self.transformer.forward(&x, &t, context, None)?;
             let stage = clock.stop(device)?;
             seconds.push(stage.seconds);
+            cpu = cpu.zip(stage.cpu_s).map(|(a, b)| a + b);
             peak = peak.max(stage.peak_host_rss_bytes);
         }
-        Ok(Timing::of(seconds, peak))
+        let runs = seconds.len() as f64;
+        Ok(Timing::of(seconds, cpu.map(|c| c / runs), peak))
     }
 }
 
@@ -505,11 +514,13 @@ pub struct Timing {
     pub min_s: f64,
     pub max_s: f64,
     pub runs: Vec<f64>,
+    /// Mean CPU time per run.
+    pub cpu_s: Option<f64>,
     pub peak_host_rss_bytes: Option<u64>,
 }
 
 impl Timing {
-    fn of(runs: Vec<f64>, peak_host_rss_bytes: Option<u64>) -> Self {
+    fn of(runs: Vec<f64>, cpu_s: Option<f64>, peak_host_rss_bytes: Option<u64>) -> Self {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         Timing {
@@ -517,6 +528,7 @@ impl Timing {
             min_s: sorted[0],
             max_s: sorted[sorted.len() - 1],
             runs,
+            cpu_s,
             peak_host_rss_bytes,
         }
     }
@@ -531,6 +543,7 @@ pub struct Sampling {
     pub step_seconds: Vec<f64>,
     /// Transformer batch per step: 2 with classifier-free guidance, else 1.
     pub batch: usize,
+    pub cpu_s: Option<f64>,
     pub peak_host_rss_bytes: Option<u64>,
 }
 
@@ -625,6 +638,10 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     sorted.sort_by(f64::total_cmp);
     let total_s = sampled.text.map(|s| s.seconds).unwrap_or(0.0) + sampled.sampling.seconds + sampled.decode.seconds;
     let stage_peaks = [sampled.text.and_then(|s| s.peak_host_rss_bytes), sampled.sampling.peak_host_rss_bytes, sampled.decode.peak_host_rss_bytes];
+    let total_cpu = match sampled.text {
+        Some(t) => t.cpu_s.zip(sampled.sampling.cpu_s).zip(sampled.decode.cpu_s).map(|((a, b), c)| a + b + c),
+        None => sampled.sampling.cpu_s.zip(sampled.decode.cpu_s).map(|(b, c)| b + c),
+    };
     let cpu_device = device.is_cpu();
     let peak_memory = PeakMemory {
         host_rss_bytes: host_peak,
@@ -662,10 +679,11 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
                 per_step_s: sorted[sorted.len() / 2],
                 step_seconds: sampled.step_seconds.clone(),
                 batch: if req.guidance > 1.0 { 2 } else { 1 },
+                cpu_s: sampled.sampling.cpu_s,
                 peak_host_rss_bytes: sampled.sampling.peak_host_rss_bytes,
             },
             vae_decode: sampled.decode,
-            total: Stage { seconds: total_s, peak_host_rss_bytes: stage_peaks.into_iter().flatten().max() },
+            total: Stage { seconds: total_s, cpu_s: total_cpu, peak_host_rss_bytes: stage_peaks.into_iter().flatten().max() },
         },
         peak_memory,
         wall_s: wall.elapsed().as_secs_f64(),
