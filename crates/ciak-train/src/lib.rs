@@ -5,6 +5,7 @@
 pub mod caption;
 pub mod caption_words;
 pub mod dataset;
+pub mod eval;
 pub mod preview;
 pub mod rng;
 pub mod split;
