@@ -1,6 +1,7 @@
 //! ciak: text to video on your own machine. `ciak generate "prompt"` writes a playable MP4.
 mod bench;
 mod doctor;
+mod eval_cmd;
 mod generate;
 mod options;
 mod progress;
@@ -24,6 +25,8 @@ enum Command {
     Doctor,
     /// Tools for the built-in model's training world: preview clips, write its tokenizer.
     Train(train_cmd::TrainArgs),
+    /// Score a model on the held-out prompt set (per-attribute accuracy, flicker, report).
+    Eval(Box<eval_cmd::EvalArgs>),
     Bench(Box<bench::BenchArgs>),
 }
 
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Bench(args) => bench::run(*args),
         Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
