@@ -6,6 +6,16 @@ pub fn run() -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("cpu: {} threads, features: {}", threads, cpu_features().join(" "));
     println!("cuda: {}", cuda_line());
+    if ciak_engine::builtin::available() {
+        println!(
+            "built-in model: {} (sha256 {}), cache {}",
+            ciak_engine::builtin::NAMES.join(" / "),
+            &ciak_engine::builtin::sha256()[..16],
+            ciak_engine::builtin::cache_root().display()
+        );
+    } else {
+        println!("built-in model: not in this build (models/builtin was missing when it was built)");
+    }
     for cache in hf_cache_dirs() {
         let models: Vec<String> = std::fs::read_dir(&cache)
             .map(|dir| {

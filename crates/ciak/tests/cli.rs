@@ -134,5 +134,5 @@ fn doctor_prints_what_ciak_sees() {
     let out = Command::new(env!("CARGO_BIN_EXE_ciak")).arg("doctor").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("cpu:") && text.contains("cuda:"), "{text}");
+    assert!(text.contains("cpu:") && text.contains("cuda:") && text.contains("built-in model:"), "{text}");
 }
