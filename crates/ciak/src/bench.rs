@@ -1,5 +1,6 @@
 //! `ciak bench`: per-stage times of the real Wan2.1 architectures with random weights (or of a
 //! model folder), and `--parity DIR`, the diffusers fixtures run on the chosen device and dtype.
+use crate::options::{parse_dtype, parse_device, parse_size};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use ciak_engine::bench::{self, parity, BenchModel, BenchReport, BenchSpec, TextEncoderChoice};
@@ -61,43 +62,6 @@ pub struct BenchArgs {
     /// Parity mode: one relative tolerance for every check instead of the per-check ones.
     #[arg(long, requires = "parity")]
     pub tolerance: Option<f64>,
-}
-
-fn parse_dtype(s: &str, flag: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => bail!("expected {flag} f32, bf16 or f16, got `{s}`"),
-    })
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map(str::parse::<usize>)
-                .transpose()
-                .with_context(|| format!("expected --device cuda:N, got `{s}`"))?
-                .unwrap_or(0);
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
-            }
-            Ok(Device::new_cuda(ordinal)?)
-        }
-        _ => bail!("expected --device cpu or cuda, got `{s}`"),
-    }
-}
-
-fn parse_size(s: &str) -> Result<(usize, usize)> {
-    if let Some((w, h)) = s.split_once(['x', 'X']) {
-        if let (Ok(w), Ok(h)) = (w.trim().parse(), h.trim().parse()) {
-            return Ok((w, h));
-        }
-    }
-    bail!("expected --size WIDTHxHEIGHT such as 832x480, got `{s}`")
 }
 
 fn write_json(path: &Path, text: String) -> Result<()> {

@@ -2,8 +2,9 @@
 //! with the analyzer and prints per-attribute accuracy, flicker and timings; writes report.md,
 //! results.json and contact_sheet.png. `--reference` scores world-rendered ground truth instead
 //! (the analyzer's ceiling); `--check` makes a missed bar a failing exit code.
+use crate::options::{parse_dtype, parse_device};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use ciak_engine::model_dir::{resolve_model_path, WanModelDir};
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_engine::video::{write_mp4, RgbFrame, VideoFrames};
@@ -63,38 +64,10 @@ pub enum RoundtripArg {
     Vae,
 }
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => bail!("expected --dtype f32, bf16 or f16, got `{s}`"),
-    })
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map(str::parse::<usize>)
-                .transpose()
-                .with_context(|| format!("expected --device cuda:N, got `{s}`"))?
-                .unwrap_or(0);
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
-            }
-            Ok(Device::new_cuda(ordinal)?)
-        }
-        _ => bail!("expected --device cpu or cuda, got `{s}`"),
-    }
-}
-
 fn load(args: &EvalArgs) -> Result<WanPipeline> {
     let root = resolve_model_path(&args.model)?;
     let dir = WanModelDir::open(&root)?;
-    let opts = LoadOptions { device: parse_device(&args.device)?, dtype: parse_dtype(&args.dtype)?, vae_dtype: DType::F32 };
+    let opts = LoadOptions { device: parse_device(&args.device)?, dtype: parse_dtype(&args.dtype, "--dtype")?, vae_dtype: DType::F32 };
     Ok(WanPipeline::load(&dir, &opts)?)
 }
 

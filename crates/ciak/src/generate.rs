@@ -1,8 +1,10 @@
 //! `ciak generate`: prompt in, MP4 (plus recipe sidecar, optional PNG frames) out.
-use crate::options::{default_output_name, frames_for_seconds, parse_aspect, parse_size, size_for_aspect};
+use crate::options::{
+    default_output_name, frames_for_seconds, parse_aspect, parse_device, parse_dtype, parse_size, size_for_aspect,
+};
 use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use ciak_engine::model_dir::{resolve_model_path, GenerationDefaults, WanModelDir};
 use ciak_engine::pipeline::{GenerateRequest, Geometry, LoadOptions, WanPipeline};
 use ciak_engine::recipe::{weights_sha256, Recipe, StageTime};
@@ -85,30 +87,6 @@ pub struct GenerateArgs {
     pub verbose: bool,
 }
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => bail!("expected --dtype f32, bf16 or f16, got `{s}`"),
-    })
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map(str::parse::<usize>).transpose()
-                .with_context(|| format!("expected --device cuda:N, got `{s}`"))?.unwrap_or(0);
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
-            }
-            Ok(Device::new_cuda(ordinal)?)
-        }
-        _ => bail!("expected --device cpu or cuda, got `{s}`"),
-    }
-}
-
 /// Everything one run needs: flags first, then the recipe, then the model's own defaults.
 struct Plan {
     prompt: String,
@@ -183,7 +161,7 @@ fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefau
         shift: args.shift.or(recipe.map(|r| r.shift)),
         scheduler,
         seed,
-        dtype: parse_dtype(dtype)?,
+        dtype: parse_dtype(dtype, "--dtype")?,
     })
 }
 

@@ -1,6 +1,37 @@
 //! Turning what a user types (sizes, aspect ratios, durations) into exact pipeline values, with
 //! errors that name the nearest valid choice.
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+
+/// Parses a dtype flag (`flag` names it in the error, e.g. `--vae-dtype`).
+pub fn parse_dtype(s: &str, flag: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => bail!("expected {flag} f32, bf16 or f16, got `{s}`"),
+    })
+}
+
+/// Parses `--device cpu|cuda|cuda:N`, refusing CUDA in a build without it.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(str::parse::<usize>)
+                .transpose()
+                .with_context(|| format!("expected --device cuda:N, got `{s}`"))?
+                .unwrap_or(0);
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        _ => bail!("expected --device cpu or cuda, got `{s}`"),
+    }
+}
 
 /// Parses `WxH` (e.g. `832x480`).
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
