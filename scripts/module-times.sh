@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
-threads=$(nproc)
+# THREADS=1 gives steadier figures on a busy machine (thread pools spin-wait under load).
+threads=${THREADS:-$(nproc)}
 tmp=$(mktemp -d)
 "$py" scripts/diffusers_module_times.py tests/fixtures "$tmp/diffusers.json" "$threads"
-cargo run --release -q -p ciak-engine --example module_times -- tests/fixtures "$tmp/diffusers.json" docs/module-times.md
+RAYON_NUM_THREADS=$threads cargo run --release -q -p ciak-engine --example module_times -- tests/fixtures "$tmp/diffusers.json" docs/module-times.md
 rm -rf "$tmp"

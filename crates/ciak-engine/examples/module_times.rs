@@ -67,13 +67,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or("unknown")
         .trim()
         .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
     let mut md = String::new();
     md.push_str("# Per-module CPU time: ciak vs diffusers on the tiny parity checkpoint\n\n");
     md.push_str(&format!(
-        "Machine: {cpu}, {} threads. ciak: release build, f32, candle 0.11.1. diffusers: {} on torch {} (CPU, \
+        "Machine: {cpu}, {} threads for ciak (RAYON_NUM_THREADS). ciak: release build, f32, candle 0.11.1. diffusers: {} on torch {} (CPU, \
          `torch.set_num_threads({})`), same weights (`tests/fixtures/tiny-wan`) and inputs (`tests/fixtures/io`). \
-         Median of {RUNS} runs after a warm-up. Regenerate with `bash scripts/module-times.sh`.\n\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+         Median of {RUNS} runs after a warm-up; 1-minute load average when written: {load} (other \
+         processes slow both sides, torch's thread pool far more). Regenerate with `bash scripts/module-times.sh`.\n\n",
+        std::env::var("RAYON_NUM_THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }),
         torch["diffusers"].as_str().unwrap_or("?"),
         torch["torch"].as_str().unwrap_or("?"),
         torch["threads"].as_u64().unwrap_or(0),
