@@ -281,7 +281,9 @@ fn bench_tokenizer(max_len: usize) -> Result<PromptTokenizer> {
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     });
     // PromptTokenizer reads a file; it keeps the tokenizer in memory, so the file can go at once.
-    let path = std::env::temp_dir().join(format!("ciak-bench-tokenizer-{}.json", std::process::id()));
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("ciak-bench-tokenizer-{}-{serial}.json", std::process::id()));
     std::fs::write(&path, json.to_string()).map_err(|e| CiakError::io(&path, e))?;
     let tokenizer = PromptTokenizer::from_file(&path, max_len);
     let _ = std::fs::remove_file(&path);
