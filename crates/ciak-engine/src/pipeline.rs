@@ -194,32 +194,12 @@ impl WanPipeline {
         timings.push(("text", start.elapsed()));
 
         let start = Instant::now();
-        let config = match req.scheduler {
-            Some(kind) => self.scheduler.with_kind(kind),
-            None => self.scheduler.clone(),
-        };
-        let mut scheduler = config.build(req.steps, req.shift)?;
-        let mut latents = latents.to_dtype(DType::F32)?;
-        let total = scheduler.len();
-        for i in 0..total {
-            check_cancel("denoising")?;
-            let _span = tracing::info_span!("step", i, total).entered();
-            let t = scheduler.timesteps()[i];
-            let x = latents.to_dtype(dtype)?;
-            let velocity = if do_cfg {
-                // Both guidance branches in one batch: same math as two passes, one weight read.
-                let x2 = Tensor::cat(&[&x, &x], 0)?;
-                let t2 = Tensor::new(&[t as f32, t as f32], &self.device)?;
-                let v = self.transformer.forward(&x2, &t2, &context, None)?.to_dtype(DType::F32)?;
-                let (cond, uncond) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
-                (&uncond + ((cond - &uncond)? * req.guidance)?)?
-            } else {
-                let t1 = Tensor::new(&[t as f32], &self.device)?;
-                self.transformer.forward(&x, &t1, &context, None)?.to_dtype(DType::F32)?
-            };
-            latents = scheduler.step(&velocity, i, &latents)?;
-            progress(&Progress::Denoising { step: i + 1, total, elapsed: start.elapsed() });
-        }
+        let latents = denoise(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
+            if step > 0 {
+                progress(&Progress::Denoising { step, total, elapsed: start.elapsed() });
+            }
+            check_cancel("denoising")
+        })?;
         timings.push(("denoise", start.elapsed()));
 
         check_cancel("decoding")?;
@@ -235,15 +215,66 @@ impl WanPipeline {
     ///
     /// Shapes: latents [1, C, F', h, w] -> [F, H, W, 3] f32.
     pub fn decode(&self, latents: &Tensor, tiling: Option<&TileConfig>) -> Result<Tensor> {
-        let _span = tracing::info_span!("vae_decode").entered();
-        let z = self.vae.denormalize_latents(&latents.to_dtype(self.vae.dtype())?)?;
-        let video = match tiling {
-            Some(tiles) => self.vae.decode_tiled(&z, tiles)?,
-            None => self.vae.decode(&z)?,
-        };
-        let video = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
-        Ok(video.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?)
+        decode_latents(&self.vae, latents, tiling)
     }
+}
+
+/// The denoising loop: classifier-free guidance (both branches in one batch) and the scheduler,
+/// from `latents` to the final latents (f32). `on_step(k, total)` is called before the first
+/// step with k = 0 and after each step k; an error from it stops the loop (cancellation).
+///
+/// Shapes: latents [1, C, F', h, w], context [1 or 2, L, text_dim] (cond, then uncond) -> latents.
+pub fn denoise(
+    transformer: &WanTransformer3DModel,
+    scheduler: &SchedulerConfig,
+    req: &GenerateRequest,
+    latents: Tensor,
+    context: &Tensor,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    let config = match req.scheduler {
+        Some(kind) => scheduler.with_kind(kind),
+        None => scheduler.clone(),
+    };
+    let mut scheduler = config.build(req.steps, req.shift)?;
+    let mut latents = latents.to_dtype(DType::F32)?;
+    let (dtype, device) = (transformer.dtype(), latents.device().clone());
+    let do_cfg = req.guidance > 1.0;
+    let total = scheduler.len();
+    on_step(0, total)?;
+    for i in 0..total {
+        let _span = tracing::info_span!("step", i, total).entered();
+        let t = scheduler.timesteps()[i];
+        let x = latents.to_dtype(dtype)?;
+        let velocity = if do_cfg {
+            // Both guidance branches in one batch: same math as two passes, one weight read.
+            let x2 = Tensor::cat(&[&x, &x], 0)?;
+            let t2 = Tensor::new(&[t as f32, t as f32], &device)?;
+            let v = transformer.forward(&x2, &t2, context, None)?.to_dtype(DType::F32)?;
+            let (cond, uncond) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
+            (&uncond + ((cond - &uncond)? * req.guidance)?)?
+        } else {
+            let t1 = Tensor::new(&[t as f32], &device)?;
+            transformer.forward(&x, &t1, context, None)?.to_dtype(DType::F32)?
+        };
+        latents = scheduler.step(&velocity, i, &latents)?;
+        on_step(i + 1, total)?;
+    }
+    Ok(latents)
+}
+
+/// Latents to frames: un-normalise, VAE decode (tiled if asked), map [-1, 1] to [0, 1].
+///
+/// Shapes: latents [1, C, F', h, w] -> [F, H, W, 3] f32.
+pub fn decode_latents(vae: &AutoencoderKLWan, latents: &Tensor, tiling: Option<&TileConfig>) -> Result<Tensor> {
+    let _span = tracing::info_span!("vae_decode").entered();
+    let z = vae.denormalize_latents(&latents.to_dtype(vae.dtype())?)?;
+    let video = match tiling {
+        Some(tiles) => vae.decode_tiled(&z, tiles)?,
+        None => vae.decode(&z)?,
+    };
+    let video = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+    Ok(video.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?)
 }
 
 /// What a model allows (size multiple, frame rhythm, latent channels), known from its configs

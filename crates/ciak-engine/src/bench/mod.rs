@@ -14,7 +14,7 @@ use crate::error::{CiakError, Result};
 use crate::loader::{load_varbuilder, read_config, weights_error};
 use crate::model_dir::{resolve_model_path, WanModelDir};
 use crate::noise;
-use crate::pipeline::{GenerateRequest, Geometry, LoadOptions};
+use crate::pipeline::{decode_latents, denoise, GenerateRequest, Geometry, LoadOptions};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::text::{PromptTokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
 use candle_core::{DType, Device, Tensor};
@@ -444,41 +444,21 @@ impl BenchPipeline {
         let text = self.text_encoder.as_ref().map(|_| text);
 
         let clock = Clock::start(device)?;
-        let dtype = self.transformer.dtype();
-        let config = match req.scheduler {
-            Some(kind) => self.scheduler.with_kind(kind),
-            None => self.scheduler.clone(),
-        };
-        let mut scheduler = config.build(req.steps, req.shift)?;
-        let mut latents = latents.to_dtype(DType::F32)?;
-        let total = scheduler.len();
-        let mut step_seconds = Vec::with_capacity(total);
-        for i in 0..total {
-            let step_start = Instant::now();
-            let t = scheduler.timesteps()[i];
-            let x = latents.to_dtype(dtype)?;
-            let velocity = if do_cfg {
-                let x2 = Tensor::cat(&[&x, &x], 0)?;
-                let t2 = Tensor::new(&[t as f32, t as f32], device)?;
-                let v = self.transformer.forward(&x2, &t2, &context, None)?.to_dtype(DType::F32)?;
-                let (cond, uncond) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
-                (&uncond + ((cond - &uncond)? * req.guidance)?)?
-            } else {
-                let t1 = Tensor::new(&[t as f32], device)?;
-                self.transformer.forward(&x, &t1, &context, None)?.to_dtype(DType::F32)?
-            };
-            latents = scheduler.step(&velocity, i, &latents)?;
-            device.synchronize()?;
-            step_seconds.push(step_start.elapsed().as_secs_f64());
-            on_step(i + 1, total, step_seconds[i]);
-        }
+        let mut step_seconds = Vec::with_capacity(req.steps);
+        let mut step_start = Instant::now();
+        let latents = denoise(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
+            if step > 0 {
+                device.synchronize()?;
+                step_seconds.push(step_start.elapsed().as_secs_f64());
+                on_step(step, total, step_seconds[step - 1]);
+            }
+            step_start = Instant::now();
+            Ok(())
+        })?;
         let sampling = clock.stop(device)?;
 
         let clock = Clock::start(device)?;
-        let z = self.vae.denormalize_latents(&latents.to_dtype(self.vae.dtype())?)?;
-        let video = self.vae.decode(&z)?;
-        let video = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
-        let frames = video.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?;
+        let frames = decode_latents(&self.vae, &latents, None)?;
         let decode = clock.stop(device)?;
         Ok(Sampled { latents, frames, text, sampling, step_seconds, decode })
     }
