@@ -141,6 +141,11 @@ pub struct VaeTrainConfig {
     /// `[width, height]` of the random crops, multiples of 8 and at most 128 (the smallest side
     /// of any aspect ratio).
     pub crop: [usize; 2],
+    /// Single-frame crops added to every step, a loss term of their own. One frame is the
+    /// VAE's first chunk, an image autoencoder, so these teach colours, shapes and edges at a
+    /// ninth of the cost of a 9-frame clip; the clips teach the time convolutions and caches.
+    #[serde(default)]
+    pub image_batch: usize,
     /// Total optimizer steps (the cosine schedule ends here).
     pub steps: u64,
     /// Peak learning rate.
@@ -171,6 +176,10 @@ pub struct VaeTrainConfig {
     /// invocation; resume later.
     #[serde(default)]
     pub max_seconds: Option<f64>,
+    /// Initial bias of the posterior's log-variance channels (`quant_conv.bias[z_dim..]`);
+    /// `None` keeps PyTorch's default init (log-variance near 0, posterior std near 1).
+    #[serde(default)]
+    pub init_logvar: Option<f64>,
 }
 
 impl VaeTrainConfig {
@@ -244,6 +253,7 @@ fn name_hash(name: &str) -> u64 {
 const CROP_SALT: u64 = 0xC80B_0000_0000_0001;
 const EVAL_SALT: u64 = 0xE7A1_0000_0000_0002;
 const STATS_SALT: u64 = 0x57A7_0000_0000_0003;
+const IMAGE_SALT: u64 = 0x1A6E_0000_0000_0004;
 
 /// PyTorch's default init of the (diffusers) VAE, which defines no init of its own: conv weights
 /// and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)), RMS gains 1.
@@ -310,6 +320,19 @@ impl TrainableVae {
         let z = self.cfg.z_dim;
         let post_quant_conv = CausalConv3d::new(z, z, (1, 1), 1, (0, 0), vb.pp("post_quant_conv"))?;
         Ok(StepModel { vae, decoder, post_quant_conv })
+    }
+
+    /// Starts the posterior with log-variance `logvar`: with std 1 (the default) the decoder's
+    /// first steps see latents that are mostly noise, and a short run cannot wait for the
+    /// encoder to drown it out.
+    fn set_logvar_bias(&self, logvar: f64) -> Result<()> {
+        let z = self.cfg.z_dim;
+        let data = self.vars.data().lock().expect("var map lock");
+        let bias = data.get("quant_conv.bias").ok_or_else(|| TrainError::Data("no quant_conv.bias".into()))?;
+        let mean_half = bias.as_tensor().narrow(0, 0, z)?;
+        let logvar_half = Tensor::full(logvar as f32, z, &self.device)?;
+        bias.set(&Tensor::cat(&[&mean_half, &logvar_half], 0)?)?;
+        Ok(())
     }
 
     fn params(&self) -> Vec<Param> {
@@ -431,6 +454,30 @@ pub fn training_batch(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Resul
         values.extend(crop_values(&clip, t0, t, x0, y0, cw, ch));
     }
     Ok(Tensor::from_vec(values, (cfg.batch_size, 3, t, ch, cw), device)?)
+}
+
+/// Single-frame crops of step `step`: item `step * image_batch + j` of a training-scene stream
+/// apart from the clips', one random frame and crop each; `None` when `image_batch` is 0.
+///
+/// Shapes: -> [image_batch, 3, 1, crop_h, crop_w].
+pub fn training_images(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<Option<Tensor>> {
+    if cfg.image_batch == 0 {
+        return Ok(None);
+    }
+    let sampler = SamplerConfig::default();
+    let [cw, ch] = cfg.crop;
+    let mut values = Vec::with_capacity(cfg.image_batch * 3 * ch * cw);
+    for j in 0..cfg.image_batch as u64 {
+        let index = step * cfg.image_batch as u64 + j;
+        let scene = sample(cfg.seed ^ IMAGE_SALT, index, &sampler, Split::Train).scene;
+        let clip = render(&scene);
+        let mut rng = Rng::for_item(cfg.seed ^ IMAGE_SALT ^ CROP_SALT, index);
+        let t0 = rng.below(clip.frames);
+        let x0 = rng.below(clip.width - cw + 1);
+        let y0 = rng.below(clip.height - ch + 1);
+        values.extend(crop_values(&clip, t0, 1, x0, y0, cw, ch));
+    }
+    Ok(Some(Tensor::from_vec(values, (cfg.image_batch, 3, 1, ch, cw), device)?))
 }
 
 /// PSNR in dB of `got` against `want`, both in [-1, 1] (peak-to-peak 2, as 255 for 8-bit).
@@ -572,6 +619,9 @@ impl VaeTrainer {
     pub fn new(cfg: &VaeTrainConfig, device: &Device) -> Result<Self> {
         cfg.validate().map_err(|message| TrainError::Config { path: PathBuf::new(), message })?;
         let model = TrainableVae::new(cfg.vae.plain_config(), cfg.seed, device)?;
+        if let Some(logvar) = cfg.init_logvar {
+            model.set_logvar_bias(logvar)?;
+        }
         let params = model.params();
         let opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
         let ema = Ema::new(&params, cfg.ema_decay)?;
@@ -597,12 +647,35 @@ impl VaeTrainer {
         &self.model.device
     }
 
-    /// The loss on `x` ([B, 3, T, H, W]) with the posterior noise drawn from `noise_seed`,
-    /// without updating anything.
-    pub fn eval_loss(&self, x: &Tensor, noise_seed: u64) -> Result<VaeLossParts> {
+    /// The loss on `batch` (see [`Self::train_step_on`]) with the posterior noise drawn from
+    /// `noise_seed`, without updating anything.
+    pub fn eval_loss(&self, batch: &[Tensor], noise_seed: u64) -> Result<VaeLossParts> {
         let model = self.model.step_model()?;
-        let eps = self.latent_noise(x, &mut TrainRng::new(noise_seed))?;
-        Ok(vae_loss(&model, x, &eps, &self.cfg.loss)?.1)
+        Ok(self.batch_loss(&model, batch, &mut TrainRng::new(noise_seed))?.1)
+    }
+
+    /// The sum of the losses of the groups in `batch`; the parts are their means.
+    fn batch_loss(&self, model: &StepModel, batch: &[Tensor], rng: &mut TrainRng) -> Result<(Tensor, VaeLossParts)> {
+        if batch.is_empty() {
+            return Err(TrainError::Data("expected at least one group of clips, got none".into()));
+        }
+        let mut total: Option<Tensor> = None;
+        let mut parts = VaeLossParts { total: 0.0, l1: 0.0, l2: 0.0, edge: 0.0, kl: 0.0 };
+        for x in batch {
+            let eps = self.latent_noise(x, rng)?;
+            let (loss, p) = vae_loss(model, x, &eps, &self.cfg.loss)?;
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
+            parts.total += p.total;
+            let n = batch.len() as f64;
+            parts.l1 += p.l1 / n;
+            parts.l2 += p.l2 / n;
+            parts.edge += p.edge / n;
+            parts.kl += p.kl / n;
+        }
+        Ok((total.expect("batch is not empty"), parts))
     }
 
     fn latent_noise(&self, x: &Tensor, rng: &mut TrainRng) -> Result<Tensor> {
@@ -612,20 +685,22 @@ impl VaeTrainer {
         rng.gaussian(&[b, arch.z_dim, 1 + (t - 1) / tr, h / sr, w / sr], x.device())
     }
 
-    /// One optimizer step on the batch of the current step (see [`training_batch`]).
+    /// One optimizer step on the clips and images of the current step (see [`training_batch`]
+    /// and [`training_images`]).
     pub fn train_step(&mut self) -> Result<VaeStepStats> {
-        let x = training_batch(&self.cfg, self.step, &self.model.device)?;
-        self.train_step_on(&x)
+        let mut batch = vec![training_batch(&self.cfg, self.step, &self.model.device)?];
+        batch.extend(training_images(&self.cfg, self.step, &self.model.device)?);
+        self.train_step_on(&batch)
     }
 
-    /// One optimizer step on the clips `x` ([B, 3, 1+4k, H, W] in [-1, 1], H and W multiples of 8).
-    pub fn train_step_on(&mut self, x: &Tensor) -> Result<VaeStepStats> {
+    /// One optimizer step on groups of clips, each [B, 3, 1+4k, H, W] in [-1, 1] with H and W
+    /// multiples of 8; the loss is the sum of the groups' mean losses.
+    pub fn train_step_on(&mut self, batch: &[Tensor]) -> Result<VaeStepStats> {
         let start = Instant::now();
-        let mut rng = self.rng;
-        let eps = self.latent_noise(x, &mut rng)?;
-        self.rng = rng;
         let model = self.model.step_model()?;
-        let (loss, parts) = vae_loss(&model, x, &eps, &self.cfg.loss)?;
+        let mut rng = self.rng;
+        let (loss, parts) = self.batch_loss(&model, batch, &mut rng)?;
+        self.rng = rng;
         if !parts.total.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {}", parts.total) });
         }
@@ -850,7 +925,7 @@ pub fn run_vae_training_on(
             loss: stats.loss.total,
             lr: stats.lr,
             grad_norm: stats.grad_norm,
-            samples_per_sec: cfg.batch_size as f64 / stats.duration.as_secs_f64().max(1e-9),
+            samples_per_sec: (cfg.batch_size + cfg.image_batch) as f64 / stats.duration.as_secs_f64().max(1e-9),
             elapsed: Duration::from_secs_f64(trainer.seconds()),
         }));
         progress(&VaeEvent::Loss { step, parts: stats.loss });
@@ -989,6 +1064,12 @@ mod tests {
             varied |= lo < hi;
         }
         assert!(varied);
+        assert!(training_images(&cfg, 0, &Device::Cpu).unwrap().is_none());
+        let with_images = VaeTrainConfig { image_batch: 3, ..cfg };
+        let im = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(im.dims(), &[3, 3, 1, 16, 16]);
+        let again = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(diff(&im, &again), 0.0);
     }
 
     #[test]
@@ -1026,6 +1107,61 @@ mod tests {
             scalar(&(train.clamp(-1f32, 1f32).unwrap() - &engine).unwrap().abs().unwrap().max_all().unwrap()).unwrap();
         assert!(err < 1e-5, "training decoder vs engine decoder: {err}");
         assert!(train.track_op(), "the training decode must reach the weights");
+    }
+
+    /// Analytic gradients against central differences, one element of several kinds of weight.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let arch = VaeArch {
+            base_dim: 4,
+            num_res_blocks: 1,
+            z_dim: 16,
+            dim_mult: defaults::dim_mult(),
+            temperal_downsample: defaults::temperal_downsample(),
+        };
+        let model = TrainableVae::new(arch.plain_config(), 9, &dev).unwrap();
+        let x = (TrainRng::new(5).gaussian(&[1, 3, 5, 16, 16], &dev).unwrap() * 0.5).unwrap();
+        let eps = TrainRng::new(6).gaussian(&[1, 16, 2, 2, 2], &dev).unwrap();
+        let w = VaeLossWeights { l1: 0.0, l2: 1.0, edge: 0.0, kl: 0.01 };
+        let loss = |m: &TrainableVae| vae_loss(&m.step_model().unwrap(), &x, &eps, &w).unwrap();
+        let (l, _) = loss(&model);
+        let mut grads = l.backward().unwrap();
+        let vars: HashMap<String, Var> = sorted_vars(&model.vars).into_iter().collect();
+        for p in vars.values() {
+            if let Some(g) = grads.remove(p.as_tensor()) {
+                grads.insert(p.as_tensor(), g.detach());
+            }
+        }
+        let mut report = Vec::new();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let g = grads.get(var.as_tensor()).map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let Some(g) = g else {
+                report.push(format!("{name}: no gradient"));
+                continue;
+            };
+            let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // the element with the largest gradient: best signal against f32 rounding
+            let i = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+            let h = 2e-3f32;
+            let eval = |delta: f32| {
+                let mut v = orig.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap()).unwrap();
+                scalar(&loss(&model).0).unwrap()
+            };
+            let num = (eval(h) - eval(-h)) / (2.0 * h as f64);
+            var.set(&Tensor::from_vec(orig, var.shape(), &dev).unwrap()).unwrap();
+            // 5% plus the f32 resolution of a loss near 0.5 over 2h (about 1.5e-5)
+            if (num - g[i] as f64).abs() > 0.05 * (g[i] as f64).abs() + 3e-5 {
+                let rel = (num - g[i] as f64).abs() / num.abs().max(g[i].abs() as f64).max(1e-6);
+                report.push(format!("{name}[{i}]: analytic {} numeric {num} (rel {rel:.3})", g[i]));
+            }
+        }
+        assert!(report.is_empty(), "gradient mismatches:\n{}", report.join("\n"));
     }
 
     #[test]
