@@ -114,7 +114,11 @@ impl AdamW {
         let bias2_sqrt = (1.0 - beta2.powf(self.t as f64)).sqrt();
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
-            let g = if grad_scale != 1.0 { g.affine(grad_scale, 0.0)? } else { g.clone() };
+            // candle can leave a Var's gradient attached to the forward graph (when the Var feeds
+            // an op such as a strided conv2d directly); detached, so the moments never chain one
+            // step's graph into the next (hundreds of MB a step otherwise)
+            let g = g.detach();
+            let g = if grad_scale != 1.0 { g.affine(grad_scale, 0.0)? } else { g };
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + eps)?;

@@ -704,15 +704,7 @@ impl VaeTrainer {
         if !parts.total.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {}", parts.total) });
         }
-        let mut grads = loss.backward()?;
-        // candle keeps a Var's gradient attached to the forward graph when the Var feeds an op
-        // directly (the strided conv2d): detached, so the optimizer moments do not chain every
-        // step's graph (about 360 MB a step otherwise)
-        for p in &self.params {
-            if let Some(g) = grads.remove(p.var.as_tensor()) {
-                grads.insert(p.var.as_tensor(), g.detach());
-            }
-        }
+        let grads = loss.backward()?;
         let norm = grad_norm(&grads, &self.params)?;
         if !norm.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("gradient norm is {norm}") });
