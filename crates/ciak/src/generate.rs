@@ -9,7 +9,7 @@ use ciak_engine::model_dir::{resolve_model_path, GenerationDefaults, WanModelDir
 use ciak_engine::pipeline::{GenerateRequest, Geometry, LoadOptions, WanPipeline};
 use ciak_engine::recipe::{weights_sha256, Recipe, StageTime};
 use ciak_engine::scheduler::SchedulerKind;
-use ciak_engine::video::{write_mp4, write_png_sequence, VideoFrames};
+use ciak_engine::video::{write_mp4, write_png_sequence, write_strip, VideoFrames};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -73,6 +73,12 @@ pub struct GenerateArgs {
     /// Also write the frames as PNGs into this folder.
     #[arg(long)]
     pub frames_dir: Option<PathBuf>,
+    /// Also write a still preview: frames side by side in one PNG (see --strip-frames).
+    #[arg(long, value_name = "FILE.png")]
+    pub strip: Option<PathBuf>,
+    /// How many frames the --strip preview shows, spread evenly, first and last included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64), requires = "strip")]
+    pub strip_frames: u64,
     /// Re-render the clip a recipe (JSON sidecar) describes; other flags override it.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -246,9 +252,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             (None, _) => PathBuf::from(default_output_name(&plan.prompt, seed, "mp4")),
         })
         .collect();
-    for out in &outputs {
+    let strips: Vec<Option<PathBuf>> = seeds
+        .iter()
+        .map(|&seed| {
+            args.strip.as_ref().map(|s| match args.variations {
+                1 => s.clone(),
+                _ => {
+                    let stem = s.file_stem().and_then(|s| s.to_str()).unwrap_or("strip");
+                    s.with_file_name(format!("{stem}-s{seed}.png"))
+                }
+            })
+        })
+        .collect();
+    for (out, strip) in outputs.iter().zip(&strips) {
         check_writable(out, args.force)?;
         check_writable(&out.with_extension("json"), args.force)?;
+        if let Some(strip) = strip {
+            check_writable(strip, args.force)?;
+        }
     }
 
     let reporter = Reporter::new(args.json);
@@ -260,7 +281,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let scheduler_kind = plan.scheduler.unwrap_or_else(|| pipe.scheduler.kind());
     let shift = plan.shift.unwrap_or_else(|| pipe.scheduler.shift());
 
-    for (i, (&seed, out)) in seeds.iter().zip(&outputs).enumerate() {
+    for (i, ((&seed, out), strip)) in seeds.iter().zip(&outputs).zip(&strips).enumerate() {
         let clip = i + 1;
         let req = request(seed, Some(scheduler_kind), Some(shift));
         let result = pipe.generate(&req, &mut |p| reporter.report(clip, seeds.len(), p), None)?;
@@ -307,6 +328,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             write_png_sequence(&video, &dir)?;
         }
         write_mp4(&video, plan.fps, out, Some(&recipe.to_json()))?;
+        if let Some(strip) = strip {
+            write_strip(&video, args.strip_frames as usize, strip)?;
+        }
         recipe.timings.push(StageTime::new("write", write_start.elapsed().as_secs_f64()));
         write_atomic(&out.with_extension("json"), recipe.to_json().as_bytes())?;
         reporter.finish();

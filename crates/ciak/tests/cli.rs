@@ -17,6 +17,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// (width, height, RGB8 bytes) of a PNG.
+fn image_rgb(path: &Path) -> (usize, usize, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
+    buf.truncate(info.buffer_size());
+    (info.width as usize, info.height as usize, buf)
+}
+
 fn tiny_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["generate", "--model", model, "--size", "32x32", "--frames", "5", "--steps", "2"];
     args.extend_from_slice(extra);
@@ -28,10 +39,20 @@ fn generate_writes_a_decodable_mp4_and_a_recipe_that_rerenders_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model();
     let model = model.to_str().unwrap();
-    let out = ciak(dir.path(), &tiny_args(model, &["a red ball", "--seed", "7", "-o", "clip.mp4", "--frames-dir", "a"]));
+    let out = ciak(dir.path(), &tiny_args(model, &["a red ball", "--seed", "7", "-o", "clip.mp4", "--frames-dir", "a", "--strip", "strip.png", "--strip-frames", "3"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let info = ciak_engine::video::read_mp4_info(&dir.path().join("clip.mp4")).unwrap();
     assert_eq!((info.width, info.height, info.frames), (32, 32, 5));
+    // the strip holds frames 0, 2 and 4 side by side (2-pixel gaps), byte for byte the PNG frames
+    let strip = image_rgb(&dir.path().join("strip.png"));
+    assert_eq!((strip.0, strip.1), (3 * 32 + 2 * 2, 32));
+    for (k, f) in [0usize, 2, 4].into_iter().enumerate() {
+        let frame = image_rgb(&dir.path().join("a").join(format!("frame_{f:05}.png")));
+        for y in 0..32 {
+            let s = &strip.2[(y * strip.0 + k * 34) * 3..(y * strip.0 + k * 34 + 32) * 3];
+            assert_eq!(s, &frame.2[y * 32 * 3..(y + 1) * 32 * 3], "strip frame {k}, row {y}");
+        }
+    }
     assert!((info.fps - 16.0).abs() < 1e-6, "{info:?}");
 
     let recipe: serde_json::Value =
@@ -82,6 +103,8 @@ fn bad_input_is_one_line_nonzero_and_leaves_no_file() {
         (vec!["generate", "--model", model, "--size", "big", "--frames", "5", "x", "-o", "o.mp4"], "expected --size WIDTHxHEIGHT"),
         (tiny_args(model, &["x", "--dtype", "f64", "-o", "o.mp4"]), "expected --dtype f32, bf16 or f16, got `f64`"),
         (tiny_args(model, &["x", "--scheduler", "ddim", "-o", "o.mp4"]), "expected scheduler unipc or euler, got `ddim`"),
+        (tiny_args(model, &["x", "-o", "o.mp4", "--strip", "missing/s.png"]), "folder missing does not exist"),
+        (tiny_args(model, &["x", "-o", "o.mp4", "--strip", "s.png", "--strip-frames", "0"]), "invalid value '0' for '--strip-frames <STRIP_FRAMES>'"),
     ];
     for (args, want) in cases {
         let out = ciak(dir.path(), &args);

@@ -17,7 +17,7 @@ mod mp4;
 mod png;
 
 pub use self::mp4::{decode_mp4, read_mp4_info, write_mp4};
-pub use self::png::write_png_sequence;
+pub use self::png::{frame_strip, strip_picks, write_png_sequence, write_strip};
 
 /// One 8-bit RGB picture: `height` rows of `width` pixels, 3 bytes (R, G, B) each, top row first.
 #[derive(Debug, Clone, PartialEq, Eq)]
