@@ -10,7 +10,7 @@ use ciak_engine::pipeline::{GenerateRequest, LoadOptions, WanPipeline};
 use ciak_engine::scheduler::SchedulerKind;
 use ciak_train::train::dit::{DitTrainer, SyntheticLatents};
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::{run_dit_training, TrainEvent};
+use ciak_train::train::{run_dit_training, DitTrainConfig, TrainEvent};
 
 fn max_rel_diff(got: &Tensor, want: &Tensor) -> f64 {
     let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
@@ -75,4 +75,21 @@ fn exported_folder_loads_and_generates() {
     let v = clip.frames.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(v.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)));
     assert!(clip.latents.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+}
+
+#[test]
+fn stop_at_exports_a_stage_and_resume_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    cfg.vae = Some(support::fixture_vae());
+    let dev = Device::Cpu;
+    let mut source = SyntheticLatents::new(3, [16, 2, 4, 4], support::captions(3), &dev).unwrap();
+    let out = tmp.path().join("run");
+    let staged = DitTrainConfig { stop_at: Some(2), ..cfg.clone() };
+    let s = run_dit_training(&staged, &mut source, &out, false, &dev, &mut |_| {}).unwrap();
+    assert_eq!(s.steps, 2);
+    let model = s.exported.expect("a stop-at stage exports");
+    WanPipeline::load(&WanModelDir::open(&model).unwrap(), &LoadOptions::default()).unwrap();
+    let s = run_dit_training(&cfg, &mut source, &out, true, &dev, &mut |_| {}).unwrap();
+    assert_eq!((s.steps, s.exported.is_some()), (cfg.steps, true));
 }

@@ -68,6 +68,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         sigma_sampling: SigmaSampling::ShiftedUniform,
         checkpoint_every: 3,
         max_seconds: None,
+        stop_at: None,
         vae: None,
     }
 }

@@ -48,6 +48,7 @@ fn tiny_config() -> VaeTrainConfig {
         eval_clips: 1,
         stats_clips: 2,
         max_seconds: None,
+        stop_at: None,
         init_logvar: Some(-4.0),
         image_batch: 2,
     }
@@ -195,6 +196,17 @@ fn run_resumes_and_exports_a_folder_the_engine_loads() {
         split.join("vae/diffusion_pytorch_model.safetensors"),
     );
     assert_eq!(std::fs::read(&wa).unwrap(), std::fs::read(&wb).unwrap(), "same weights either way");
+
+    // a staged run: --stop-at ends after that step with an export, the resume goes on to the end
+    // and lands on the same weights as the straight run
+    let staged = tmp.path().join("staged");
+    let s = run_vae_training(&VaeTrainConfig { stop_at: Some(2), ..cfg.clone() }, &staged, false, &mut |_| {}).unwrap();
+    assert_eq!(s.steps, 2);
+    assert!(s.exported.is_some() && staged.join("vae/config.json").is_file(), "a stop-at stage exports");
+    let s = run_vae_training(&cfg, &staged, true, &mut |_| {}).unwrap();
+    assert_eq!((s.steps, s.exported.is_some()), (cfg.steps, true));
+    let wc = staged.join("vae/diffusion_pytorch_model.safetensors");
+    assert_eq!(std::fs::read(&wa).unwrap(), std::fs::read(&wc).unwrap(), "staged run = straight run");
 
     // the folder goes through the engine's loader and config parsing
     let vae_dir = straight.join("vae");

@@ -90,11 +90,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("wrote {} ({} tokens)", t.out.display(), ciak_train::tokenizer::tokens().len());
             Ok(())
         }
-        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, a.max_seconds, a.log_every).map(|_| ()),
+        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, Limits { max_seconds: a.max_seconds, stop_at: a.stop_at }, a.log_every).map(|_| ()),
         TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, &a.out, a.resume),
         TrainCommand::Dit(a) => {
             let settings = read_dit_settings(&a.config, &a.out)?;
-            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.max_seconds, a.log_every).map(|_| ())
+            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, Limits { max_seconds: a.max_seconds, stop_at: a.stop_at }, a.log_every).map(|_| ())
         }
         TrainCommand::All(a) => all(a),
     }
@@ -218,6 +218,10 @@ pub struct VaeArgs {
     /// Stop with a checkpoint after this much training time (resume later).
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// End after this step (the schedule still runs to the config's `steps`) with a checkpoint,
+    /// and export the model as it is then: one stage of a staged run, or a snapshot.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
     /// Print every Nth step (the first and last always).
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
@@ -261,6 +265,10 @@ pub struct DitArgs {
     /// Stop with a checkpoint after this much training time (resume later).
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// End after this step (the schedule still runs to the config's `steps`) with a checkpoint,
+    /// and export the model as it is then: one stage of a staged run, or a snapshot.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
 }
@@ -346,18 +354,30 @@ fn check_checkpoint(out: &Path, resume: bool, what: &str) -> Result<()> {
     }
 }
 
-fn with_max_seconds(max: Option<f64>) -> Result<Option<f64>> {
-    if let Some(s) = max {
-        ensure!(s >= 0.0 && s.is_finite(), "expected --max-seconds >= 0, got {s}");
-    }
-    Ok(max)
+/// Where one invocation of a stage ends early: `--max-seconds`, `--stop-at`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    max_seconds: Option<f64>,
+    stop_at: Option<u64>,
 }
 
-fn vae_stage(config: &Path, out: &Path, resume: bool, max_seconds: Option<f64>, log_every: u64) -> Result<Option<PathBuf>> {
-    let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
-    if let Some(s) = with_max_seconds(max_seconds)? {
-        cfg.max_seconds = Some(s);
+impl Limits {
+    fn checked(self) -> Result<Self> {
+        if let Some(s) = self.max_seconds {
+            ensure!(s >= 0.0 && s.is_finite(), "expected --max-seconds >= 0, got {s}");
+        }
+        if let Some(s) = self.stop_at {
+            ensure!(s >= 1, "expected --stop-at of at least 1, got {s}");
+        }
+        Ok(self)
     }
+}
+
+fn vae_stage(config: &Path, out: &Path, resume: bool, limits: Limits, log_every: u64) -> Result<Option<PathBuf>> {
+    let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
+    let limits = limits.checked()?;
+    cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
+    cfg.stop_at = limits.stop_at.or(cfg.stop_at);
     check_checkpoint(out, resume, "train vae")?;
     let mut printer = StepPrinter::new("vae", log_every);
     let summary = run_vae_training(&cfg, out, resume, &mut |e| match e {
@@ -427,7 +447,7 @@ fn dit_stage(
     vae: &Path,
     out: &Path,
     resume: bool,
-    max_seconds: Option<f64>,
+    limits: Limits,
     log_every: u64,
 ) -> Result<Option<PathBuf>> {
     ensure!(
@@ -439,9 +459,9 @@ fn dit_stage(
     check_checkpoint(out, resume, "train dit")?;
     let mut cfg = settings.train.clone();
     cfg.vae = Some(vae.to_path_buf());
-    if let Some(s) = with_max_seconds(max_seconds)? {
-        cfg.max_seconds = Some(s);
-    }
+    let limits = limits.checked()?;
+    cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
+    cfg.stop_at = limits.stop_at.or(cfg.stop_at);
     let device = Device::Cpu;
     let mut source = CachedLatents::open(latents, cfg.seed, &device)
         .with_context(|| format!("opening the latent cache {}", latents.display()))?;
@@ -482,7 +502,7 @@ fn all(a: AllArgs) -> Result<()> {
         println!("vae: already trained ({}), skipping", vae_dir.display());
     } else {
         let started = a.resume && find_checkpoint(&vae_out.join("checkpoint")).is_some();
-        if vae_stage(&a.vae_config, &vae_out, started, a.max_seconds, a.log_every)?.is_none() {
+        if vae_stage(&a.vae_config, &vae_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every)?.is_none() {
             return Ok(());
         }
     }
@@ -496,7 +516,7 @@ fn all(a: AllArgs) -> Result<()> {
         return Ok(());
     }
     let started = a.resume && find_checkpoint(&dit_out.join("checkpoint")).is_some();
-    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, a.max_seconds, a.log_every)? {
+    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every)? {
         println!("all: the model is in {}", model.display());
     }
     Ok(())

@@ -155,6 +155,11 @@ pub struct DitTrainConfig {
     /// invocation; resume later with `--resume`.
     #[serde(default)]
     pub max_seconds: Option<f64>,
+    /// End this invocation after this step (the learning-rate schedule still runs to `steps`),
+    /// with a checkpoint, and export the model as it is then: a stage of a staged run, or a
+    /// snapshot to look at. `None`: train to `steps`.
+    #[serde(default)]
+    pub stop_at: Option<u64>,
     /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
     #[serde(default)]
     pub vae: Option<PathBuf>,
@@ -743,7 +748,8 @@ pub fn run_dit_training(
     let started = Instant::now();
     let mut last_loss = None;
     let mut saved_at = trainer.step();
-    while trainer.step() < cfg.steps {
+    let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    while trainer.step() < end {
         let stats = trainer.train_step(source)?;
         last_loss = Some(stats.loss);
         let step = trainer.step();
@@ -759,7 +765,7 @@ pub fn run_dit_training(
         });
         let out_of_time = cfg.max_seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         let due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
-        if due || out_of_time || step == cfg.steps {
+        if due || out_of_time || step == end {
             trainer.save(&ckpt_dir, source)?;
             write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
             saved_at = step;
@@ -777,7 +783,7 @@ pub fn run_dit_training(
         write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
     }
     let exported = match &cfg.vae {
-        Some(vae) if trainer.step() >= cfg.steps => {
+        Some(vae) if trainer.step() >= end => {
             let dir = out.join("model");
             trainer.export(vae, &dir)?;
             progress(&TrainEvent::Exported { step: trainer.step(), path: dir.clone() });

@@ -176,6 +176,11 @@ pub struct VaeTrainConfig {
     /// invocation; resume later.
     #[serde(default)]
     pub max_seconds: Option<f64>,
+    /// End this invocation after this step (the learning-rate schedule still runs to `steps`),
+    /// with a checkpoint, and export the model as it is then: a stage of a staged run, or a
+    /// snapshot to look at. `None`: train to `steps`.
+    #[serde(default)]
+    pub stop_at: Option<u64>,
     /// Initial bias of the posterior's log-variance channels (`quant_conv.bias[z_dim..]`);
     /// `None` keeps PyTorch's default init (log-variance near 0, posterior std near 1).
     #[serde(default)]
@@ -906,7 +911,8 @@ pub fn run_vae_training_on(
     let mut last_loss = None;
     let mut last_eval = None;
     let mut saved_at = trainer.step();
-    while trainer.step() < cfg.steps {
+    let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    while trainer.step() < end {
         let stats = trainer.train_step()?;
         last_loss = Some(stats.loss.total);
         let step = trainer.step();
@@ -929,7 +935,7 @@ pub fn run_vae_training_on(
         }
         let out_of_time = cfg.max_seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
         let due = cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every);
-        if due || out_of_time || step == cfg.steps {
+        if due || out_of_time || step == end {
             trainer.save(&ckpt_dir)?;
             write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
             saved_at = step;
@@ -947,7 +953,7 @@ pub fn run_vae_training_on(
         write_loss_plot(&read_loss_csv(&csv)?, &plot)?;
     }
     let mut exported = None;
-    if trainer.step() >= cfg.steps {
+    if trainer.step() >= end {
         let report = trainer.evaluate(cfg.eval_clips)?;
         append_eval(&eval_csv, &report, trainer.seconds())?;
         progress(&VaeEvent::Eval(report.clone()));
