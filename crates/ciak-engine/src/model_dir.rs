@@ -113,12 +113,25 @@ pub struct GenerationDefaults {
     pub steps: usize,
     pub guidance: f64,
     pub negative_prompt: String,
+    /// Sizes (width, height) the model was trained at, one per aspect ratio; `--aspect` picks the
+    /// one whose ratio matches. Empty: sizes of the default's area are derived.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<(usize, usize)>,
 }
 
 impl Default for GenerationDefaults {
     /// diffusers' WanPipeline defaults; 16 fps is Wan2.1's `sample_fps`.
     fn default() -> Self {
-        Self { width: 832, height: 480, frames: 81, fps: 16.0, steps: 50, guidance: 5.0, negative_prompt: String::new() }
+        Self {
+            width: 832,
+            height: 480,
+            frames: 81,
+            fps: 16.0,
+            steps: 50,
+            guidance: 5.0,
+            negative_prompt: String::new(),
+            sizes: Vec::new(),
+        }
     }
 }
 

@@ -137,7 +137,7 @@ fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefau
     }
     let size = match (args.size.as_deref(), args.aspect.as_deref(), recipe) {
         (Some(s), _, _) => parse_size(s)?,
-        (None, Some(a), _) => size_for_aspect((defaults.width, defaults.height), parse_aspect(a)?, geometry.size_multiple()),
+        (None, Some(a), _) => size_for_aspect((defaults.width, defaults.height), &defaults.sizes, parse_aspect(a)?, geometry.size_multiple()),
         (None, None, Some(r)) => (r.width, r.height),
         (None, None, None) => (defaults.width, defaults.height),
     };

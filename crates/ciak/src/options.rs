@@ -56,9 +56,14 @@ pub fn parse_aspect(s: &str) -> Result<f64> {
     bail!("expected --aspect as W:H such as 16:9, 9:16, 1:1 or 2.39:1, got `{s}`")
 }
 
-/// A size of about the same area as `base` with aspect `ratio`, in multiples of `m`. The base
-/// size itself when its ratio is within 3% (Wan's 832x480 is its 16:9).
-pub fn size_for_aspect(base: (usize, usize), ratio: f64, m: usize) -> (usize, usize) {
+/// A size for aspect `ratio`: the first of the model's trained `sizes` whose ratio is within 3%;
+/// else the base size itself when its ratio is (Wan's 832x480 is its 16:9), or its transpose;
+/// else a size of about the base's area, in multiples of `m`.
+pub fn size_for_aspect(base: (usize, usize), sizes: &[(usize, usize)], ratio: f64, m: usize) -> (usize, usize) {
+    let close = |s: &(usize, usize)| s.1 > 0 && (s.0 as f64 / s.1 as f64 / ratio - 1.0).abs() < 0.03;
+    if let Some(&s) = sizes.iter().find(|s| close(s)) {
+        return s;
+    }
     let base_ratio = base.0 as f64 / base.1 as f64;
     if (base_ratio / ratio - 1.0).abs() < 0.03 {
         return base;
@@ -101,10 +106,15 @@ mod tests {
     fn sizes_aspects_and_durations() {
         assert_eq!(parse_size("832x480").unwrap(), (832, 480));
         assert!(parse_size("832").unwrap_err().to_string().contains("WIDTHxHEIGHT"));
-        assert_eq!(size_for_aspect((832, 480), parse_aspect("16:9").unwrap(), 16), (832, 480));
-        assert_eq!(size_for_aspect((832, 480), parse_aspect("9:16").unwrap(), 16), (480, 832));
-        assert_eq!(size_for_aspect((832, 480), 1.0, 16), (624, 624));
-        let (w, h) = size_for_aspect((832, 480), parse_aspect("2.39:1").unwrap(), 16);
+        assert_eq!(size_for_aspect((832, 480), &[], parse_aspect("16:9").unwrap(), 16), (832, 480));
+        assert_eq!(size_for_aspect((832, 480), &[], parse_aspect("9:16").unwrap(), 16), (480, 832));
+        assert_eq!(size_for_aspect((832, 480), &[], 1.0, 16), (624, 624));
+        // a model's trained sizes come first
+        let trained = [(224, 128), (128, 224), (160, 160)];
+        assert_eq!(size_for_aspect((224, 128), &trained, 1.0, 16), (160, 160));
+        assert_eq!(size_for_aspect((224, 128), &trained, parse_aspect("9:16").unwrap(), 16), (128, 224));
+        assert_eq!(size_for_aspect((224, 128), &[], 1.0, 16), (176, 176));
+        let (w, h) = size_for_aspect((832, 480), &[], parse_aspect("2.39:1").unwrap(), 16);
         assert!((w as f64 / h as f64 - 2.39).abs() < 0.1 && w % 16 == 0 && h % 16 == 0, "{w}x{h}");
         assert!(parse_aspect("wide").is_err() && parse_aspect("0:1").is_err());
         assert_eq!(frames_for_seconds(5.0, 16.0, 4).unwrap(), 81);

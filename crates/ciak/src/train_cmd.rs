@@ -199,6 +199,12 @@ fn parse_generation(v: &Value) -> Result<GenerationDefaults> {
         g.width,
         g.height
     );
+    for &(w, h) in &g.sizes {
+        ensure!(
+            w.is_multiple_of(16) && h.is_multiple_of(16) && w > 0 && h > 0,
+            "expected generation.sizes as nonzero multiples of 16, got {w}x{h}"
+        );
+    }
     ensure!(g.frames % 4 == 1, "expected generation.frames = 1+4k, got {}", g.frames);
     ensure!(g.steps > 0 && g.fps > 0.0 && g.guidance >= 0.0, "expected steps >= 1, fps > 0, guidance >= 0");
     Ok(g)

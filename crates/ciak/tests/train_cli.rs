@@ -55,7 +55,8 @@ fn tiny_dit() -> Value {
         "text_len": 16, "batch_size": 1, "steps": 3, "lr": 0.001, "warmup_steps": 1, "ema_decay": 0.5,
         "checkpoint_every": 2,
         "latents": { "clips": 3, "seed": 2 },
-        "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "" }
+        "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "",
+                        "sizes": [[64, 48], [48, 64]] }
     })
 }
 
@@ -76,6 +77,10 @@ fn generates(dir: &Path, model: &Path) {
     assert!((info.fps - 8.0).abs() < 1e-6, "{info:?}");
     let recipe: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("clip.json")).unwrap()).unwrap();
     assert_eq!(recipe["steps"], 2, "{recipe}");
+    // --aspect picks the trained size of that shape from ciak.json's sizes
+    ok(ciak(dir, &["generate", "--model", m, "a red ball moves left", "--aspect", "3:4", "--steps", "1", "-o", "tall.mp4"]));
+    let info = ciak_engine::video::read_mp4_info(&dir.join("tall.mp4")).unwrap();
+    assert_eq!((info.width, info.height), (48, 64), "{info:?}");
 }
 
 #[test]
@@ -135,6 +140,11 @@ fn bad_input_is_one_clear_line() {
     fails(ciak(&d, &["train", "vae", "--config", "broken.json", "--out", "a"]), "bad config");
     fails(ciak(&d, &["train", "dit", "--config", "broken.json", "--latents", "x", "--vae", "y", "--out", "a"]), "bad JSON");
     fails(ciak(&d, &["train", "dit", "--config", "nogen.json", "--latents", "x", "--vae", "y", "--out", "a"]), "generation.fps");
+    let mut bad_sizes = tiny_dit();
+    bad_sizes["generation"]["sizes"] = serde_json::json!([[50, 48]]);
+    write(&d.join("badsizes.json"), &bad_sizes);
+    fails(ciak(&d, &["train", "dit", "--config", "badsizes.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected generation.sizes as nonzero multiples of 16, got 50x48");
+    fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--stop-at", "0"]), "expected --stop-at of at least 1, got 0");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--resume"]), "nothing to resume");
     fails(ciak(&d, &["train", "latents", "--vae", "nowhere", "--count", "2", "--out", "a"]), "expected a trained VAE");
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "0", "--out", "a"]), "--count");
