@@ -5,7 +5,7 @@
 use crate::options::{parse_dtype, parse_device};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use ciak_engine::model_dir::{resolve_model_path, WanModelDir};
+use ciak_engine::model_dir::{resolve_model_path, GenerationDefaults, WanModelDir};
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_engine::video::{write_mp4, RgbFrame, VideoFrames};
 use ciak_train::eval::report::{summary_table, write_report};
@@ -20,11 +20,12 @@ pub struct EvalArgs {
     /// A diffusers folder, a Hugging Face id in the local cache, or `builtin`.
     #[arg(long, env = "CIAK_MODEL", default_value = "builtin")]
     pub model: String,
-    /// Denoising steps per clip.
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Denoising steps per clip (default: the model's own, from its ciak.json).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's own, from its ciak.json).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Seed of the first prompt; prompt i of the set uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -64,11 +65,12 @@ pub enum RoundtripArg {
     Vae,
 }
 
-fn load(args: &EvalArgs) -> Result<WanPipeline> {
+/// The pipeline and the model's generation defaults (ciak.json).
+fn load(args: &EvalArgs) -> Result<(WanPipeline, GenerationDefaults)> {
     let root = resolve_model_path(&args.model)?;
     let dir = WanModelDir::open(&root)?;
     let opts = LoadOptions { device: parse_device(&args.device)?, dtype: parse_dtype(&args.dtype, "--dtype")?, vae_dtype: DType::F32 };
-    Ok(WanPipeline::load(&dir, &opts)?)
+    Ok((WanPipeline::load(&dir, &opts)?, dir.defaults()?))
 }
 
 fn marks(r: &PromptResult) -> String {
@@ -114,8 +116,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("expected --limit of at least 1, got 0");
     }
-    if args.steps == 0 {
+    if args.steps == Some(0) {
         bail!("expected --steps of at least 1, got 0");
+    }
+    if let Some(g) = args.guidance {
+        if !(g.is_finite() && g >= 0.0) {
+            bail!("expected --guidance >= 0, got {g}");
+        }
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let clips_dir = args.out.join("clips");
@@ -124,19 +131,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
 
     let load_start = Instant::now();
-    let pipe = if !args.reference || args.roundtrip == RoundtripArg::Vae {
+    let (pipe, defaults) = if !args.reference || args.roundtrip == RoundtripArg::Vae {
         eprintln!("loading {}", args.model);
-        Some(load(&args)?)
+        let (pipe, defaults) = load(&args)?;
+        (Some(pipe), defaults)
     } else {
-        None
+        (None, GenerationDefaults::default())
     };
     let seconds_load = load_start.elapsed().as_secs_f64();
     let mut source: Box<dyn ClipSource + '_> = match (&pipe, args.reference) {
         (Some(pipe), false) => Box::new(ModelSource {
             pipe,
             model: args.model.clone(),
-            steps: args.steps,
-            guidance: args.guidance,
+            steps: args.steps.unwrap_or(defaults.steps),
+            guidance: args.guidance.unwrap_or(defaults.guidance),
             seed: args.seed,
             negative_prompt: String::new(),
         }),
