@@ -100,11 +100,8 @@ fn wan21_1_3b_architecture_runs_on_cpu_at_a_tiny_size() {
 fn a_model_folder_runs_with_its_own_weights() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = fixtures().join("tiny-wan");
-    let mut models = vec![tiny.to_str().unwrap().to_string()];
-    // The built-in model is embedded at build time when models/builtin exists.
-    if repo().join("models/builtin/model_index.json").is_file() {
-        models.push("builtin".to_string());
-    }
+    // the tiny parity checkpoint and the built-in model (embedded from models/builtin)
+    let models = [tiny.to_str().unwrap().to_string(), "builtin".to_string()];
     for model in &models {
         for text_encoder in ["auto", "skip"] {
             let args = [
