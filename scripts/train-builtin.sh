@@ -17,12 +17,13 @@
 #   5. VAE, train/vae-stage3.json: steps 2501-3950 on full 25-frame windows (the causal cache's
 #      long-range behaviour, which 9-frame windows never exercise)
 #   6. latent cache of the same 1000 clips with the final VAE -> latents
-#   7. DiT + text encoder, train/dit-stage2.json: continue to its `steps` on the final latents
+#   7. DiT + text encoder, train/dit-stage2.json: steps STAGE1_DIT_STEPS+1 to 3500 on the final
+#      latents (its cosine schedule runs over 4000 steps; the shipped run stopped at 3500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${CIAK_TRAIN_OUT:-target/builtin-train}
-STAGE1_DIT_STEPS=1400
+STAGE1_DIT_STEPS=2000
 export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 
 cargo build --release --locked -p ciak
@@ -77,7 +78,7 @@ run_stage "$OUT/vae" "$(config_steps train/vae-stage3.json)" "$ciak" train vae -
 
 # 6-7: final latents, DiT to the end
 latents "$OUT/vae/vae" "$OUT/latents"
-run_stage "$OUT/dit" "$(config_steps train/dit-stage2.json)" "$ciak" train dit --config train/dit-stage2.json --latents "$OUT/latents" \
+run_stage "$OUT/dit" 3500 "$ciak" train dit --config train/dit-stage2.json --latents "$OUT/latents" --stop-at 3500 \
     --vae "$OUT/vae/vae" --out "$OUT/dit"
 
 MODEL="$OUT/dit/model"
