@@ -5,19 +5,13 @@
 //! noise has a sampling problem; one that blurs them away has not learned them.
 //!
 //!   cargo run --release -p ciak-train --example denoise_probe -- MODEL_DIR OUT_DIR [CLIPS]
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_train::preview::write_png;
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::vae::{clip_tensor, eval_scene};
+use ciak_train::train::vae::{clip_tensor, eval_scene, frames_rgb8};
 use ciak_train::{canonical_caption, render};
-
-fn frames_rgb(x: &Tensor) -> Vec<u8> {
-    let x = x.squeeze(0).unwrap().permute((1, 2, 3, 0)).unwrap().contiguous().unwrap();
-    let v = x.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
-    v.iter().map(|&p| ((p.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8).collect()
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -36,7 +30,7 @@ fn main() {
         let z = pipe.vae.normalize_latents(&mean).unwrap();
         let ctx = pipe.text_encoder.encode(&[caption.clone()]).unwrap().prompt_embeds;
         let noise = TrainRng::new(i).gaussian(z.dims(), &dev).unwrap();
-        let mut rows = vec![frames_rgb(&x)];
+        let mut rows = vec![frames_rgb8(&x).unwrap()];
         for &s in &sigmas {
             let xt = ((&z * (1.0 - s)).unwrap() + (&noise * s).unwrap()).unwrap();
             let t = Tensor::new(&[(s * 1000.0) as f32], &dev).unwrap();
@@ -45,7 +39,7 @@ fn main() {
             let mse = (&x0 - &z).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
             println!("clip {i} sigma {s}: latent MSE of the x0 prediction {mse:.4}  ({caption})");
             let dec = pipe.vae.decode(&pipe.vae.denormalize_latents(&x0).unwrap()).unwrap();
-            rows.push(frames_rgb(&dec));
+            rows.push(frames_rgb8(&dec).unwrap());
         }
         let (w, h, t) = (clip.width, clip.height, clip.frames);
         let picks = [0, t / 2, t - 1];

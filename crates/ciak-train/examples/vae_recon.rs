@@ -6,14 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use ciak_train::preview::write_png;
 use ciak_train::render;
 use ciak_train::train::latents::load_vae;
-use ciak_train::train::vae::{clip_tensor, eval_scene};
-
-fn to_rgb(x: &Tensor) -> Vec<u8> {
-    // [1, 3, T, H, W] in [-1, 1] -> T frames of RGB8 rows, frames stacked
-    let x = x.squeeze(0).unwrap().permute((1, 2, 3, 0)).unwrap().contiguous().unwrap();
-    let v = x.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
-    v.iter().map(|&p| ((p.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8).collect()
-}
+use ciak_train::train::vae::{clip_tensor, eval_scene, frames_rgb8};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -42,7 +35,7 @@ fn main() {
             lv.iter().cloned().fold(f32::INFINITY, f32::min), lv.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
         let rec = vae.decode(&mean).unwrap().to_dtype(DType::F32).unwrap();
         let (w, h, t) = (clip.width, clip.height, clip.frames);
-        let (a, b) = (to_rgb(&x), to_rgb(&rec));
+        let (a, b) = (frames_rgb8(&x).unwrap(), frames_rgb8(&rec).unwrap());
         let per_frame: Vec<String> = (0..t)
             .map(|f| {
                 let r = f * h * w * 3..(f + 1) * h * w * 3;

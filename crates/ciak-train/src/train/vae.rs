@@ -421,6 +421,14 @@ pub fn clip_tensor(clip: &Clip, device: &Device) -> Result<Tensor> {
     Ok(x.permute((3, 0, 1, 2))?.unsqueeze(0)?.contiguous()?)
 }
 
+/// The inverse of [`clip_tensor`]: [1, 3, T, H, W] in [-1, 1] (clamped) -> T RGB8 frames, one
+/// after another, rows top first.
+pub fn frames_rgb8(x: &Tensor) -> Result<Vec<u8>> {
+    let x = x.squeeze(0)?.permute((1, 2, 3, 0))?.contiguous()?;
+    let v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(v.iter().map(|&p| ((p.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8).collect())
+}
+
 /// Frames `t0..t0+t` of the window `[x0, x0+w) x [y0, y0+h)` of a clip as [3, t, h, w] in [-1, 1].
 fn crop_values(clip: &Clip, t0: usize, t: usize, x0: usize, y0: usize, w: usize, h: usize) -> Vec<f32> {
     let mut out = vec![0f32; 3 * t * h * w];
@@ -1160,6 +1168,14 @@ mod tests {
             }
         }
         assert!(report.is_empty(), "gradient mismatches:\n{}", report.join("\n"));
+    }
+
+    #[test]
+    fn frames_rgb8_inverts_clip_tensor() {
+        let scene = eval_scene(1, 0);
+        let clip = render(&scene);
+        let back = frames_rgb8(&clip_tensor(&clip, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(back, clip.pixels);
     }
 
     #[test]
