@@ -171,6 +171,12 @@ fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefau
     })
 }
 
+/// `dir/name.ext` -> `dir/name-s<seed>.ext`: one file per variation.
+fn with_seed(path: &Path, seed: u64, ext: &str) -> PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("clip");
+    path.with_file_name(format!("{stem}-s{seed}.{ext}"))
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) >> 1
@@ -245,23 +251,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .iter()
         .map(|&seed| match (&args.output, args.variations) {
             (Some(o), 1) => o.clone(),
-            (Some(o), _) => {
-                let stem = o.file_stem().and_then(|s| s.to_str()).unwrap_or("clip");
-                o.with_file_name(format!("{stem}-s{seed}.mp4"))
-            }
+            (Some(o), _) => with_seed(o, seed, "mp4"),
             (None, _) => PathBuf::from(default_output_name(&plan.prompt, seed, "mp4")),
         })
         .collect();
     let strips: Vec<Option<PathBuf>> = seeds
         .iter()
         .map(|&seed| {
-            args.strip.as_ref().map(|s| match args.variations {
-                1 => s.clone(),
-                _ => {
-                    let stem = s.file_stem().and_then(|s| s.to_str()).unwrap_or("strip");
-                    s.with_file_name(format!("{stem}-s{seed}.png"))
-                }
-            })
+            args.strip.as_ref().map(|s| if args.variations == 1 { s.clone() } else { with_seed(s, seed, "png") })
         })
         .collect();
     for (out, strip) in outputs.iter().zip(&strips) {

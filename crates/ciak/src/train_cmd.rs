@@ -90,11 +90,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("wrote {} ({} tokens)", t.out.display(), ciak_train::tokenizer::tokens().len());
             Ok(())
         }
-        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, Limits { max_seconds: a.max_seconds, stop_at: a.stop_at }, a.log_every).map(|_| ()),
+        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, a.limits, a.log_every).map(|_| ()),
         TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, &a.out, a.resume),
         TrainCommand::Dit(a) => {
             let settings = read_dit_settings(&a.config, &a.out)?;
-            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, Limits { max_seconds: a.max_seconds, stop_at: a.stop_at }, a.log_every).map(|_| ())
+            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.limits, a.log_every).map(|_| ())
         }
         TrainCommand::All(a) => all(a),
     }
@@ -221,13 +221,8 @@ pub struct VaeArgs {
     /// Continue the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Stop with a checkpoint after this much training time (resume later).
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// End after this step (the schedule still runs to the config's `steps`) with a checkpoint,
-    /// and export the model as it is then: one stage of a staged run, or a snapshot.
-    #[arg(long, value_name = "STEP")]
-    pub stop_at: Option<u64>,
+    #[command(flatten)]
+    pub limits: Limits,
     /// Print every Nth step (the first and last always).
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
@@ -268,13 +263,8 @@ pub struct DitArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub resume: bool,
-    /// Stop with a checkpoint after this much training time (resume later).
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// End after this step (the schedule still runs to the config's `steps`) with a checkpoint,
-    /// and export the model as it is then: one stage of a staged run, or a snapshot.
-    #[arg(long, value_name = "STEP")]
-    pub stop_at: Option<u64>,
+    #[command(flatten)]
+    pub limits: Limits,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
 }
@@ -361,10 +351,15 @@ fn check_checkpoint(out: &Path, resume: bool, what: &str) -> Result<()> {
 }
 
 /// Where one invocation of a stage ends early: `--max-seconds`, `--stop-at`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Limits {
-    max_seconds: Option<f64>,
-    stop_at: Option<u64>,
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Stop with a checkpoint after this much training time (resume later).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// End after this step (the schedule still runs to the config's `steps`) with a checkpoint,
+    /// and export the model as it is then: one stage of a staged run, or a snapshot.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
 }
 
 impl Limits {
