@@ -185,7 +185,7 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
     let mut rng = TrainRng::new(8);
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
-    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9]).unwrap();
+    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None).unwrap();
     let grads = loss.backward().unwrap();
     for p in trainer.params() {
         let g = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("`{}` got no gradient", p.name));

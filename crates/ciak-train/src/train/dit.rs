@@ -11,7 +11,7 @@
 
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
-use super::flow::{drop_captions, flow_batch, mse, SigmaSampling, TrainRng};
+use super::flow::{drop_captions, flow_batch, mse, weighted_mse, SigmaSampling, TrainRng};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
@@ -144,6 +144,12 @@ pub struct DitTrainConfig {
     /// Probability that a caption is replaced by "" (classifier-free guidance).
     #[serde(default = "defaults::caption_dropout")]
     pub caption_dropout: f64,
+    /// Extra loss weight on latent cells an object touches: each such cell counts
+    /// `1 + foreground_weight` times (the mean is taken over the weights, so the loss stays on the
+    /// scale of a plain MSE). 0: plain MSE. Objects cover a few percent of a toy clip, so without
+    /// it the gradient is almost all background.
+    #[serde(default)]
+    pub foreground_weight: f64,
     /// Flow shift of the exported sampler and of the training noise levels.
     #[serde(default = "defaults::shift")]
     pub shift: f64,
@@ -212,6 +218,9 @@ impl DitTrainConfig {
         }
         if !(0.0..=1.0).contains(&self.caption_dropout) {
             return Err(format!("expected caption_dropout in [0, 1], got {}", self.caption_dropout));
+        }
+        if !(self.foreground_weight >= 0.0 && self.foreground_weight.is_finite()) {
+            return Err(format!("expected foreground_weight >= 0, got {}", self.foreground_weight));
         }
         if !(self.shift > 0.0 && self.shift.is_finite()) {
             return Err(format!("expected shift > 0, got {}", self.shift));
@@ -441,11 +450,23 @@ impl DitModels {
 
     /// The flow-matching loss of one batch for given noise and noise levels (a scalar that
     /// tracks gradients).
-    pub fn loss(&self, latents: &Tensor, captions: &[String], noise: &Tensor, sigmas: &[f32]) -> Result<Tensor> {
+    ///
+    /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean.
+    pub fn loss(
+        &self,
+        latents: &Tensor,
+        captions: &[String],
+        noise: &Tensor,
+        sigmas: &[f32],
+        weights: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let fb = flow_batch(latents, noise, sigmas)?;
         let context = self.encode_text(captions)?;
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
-        mse(&pred, &fb.target)
+        match weights {
+            None => mse(&pred, &fb.target),
+            Some(w) => weighted_mse(&pred, &fb.target, w),
+        }
     }
 }
 
@@ -496,7 +517,7 @@ impl LatentSource for SyntheticLatents {
             latents.push((&self.patterns[k] + jitter)?);
             captions.push(self.captions[k].clone());
         }
-        Ok(LatentBatch { latents: Tensor::stack(&latents, 0)?, captions })
+        Ok(LatentBatch { latents: Tensor::stack(&latents, 0)?, captions, foreground: None })
     }
 
     fn state(&self) -> serde_json::Value {
@@ -612,7 +633,11 @@ impl DitTrainer {
             (0..dims[0]).map(|_| self.cfg.sigma_sampling.sample(&mut self.rng, self.cfg.shift) as f32).collect();
         let device = batch.latents.device().clone();
         let noise = self.rng.gaussian(&dims, &device)?;
-        let loss = self.models.loss(&batch.latents, &captions, &noise, &sigmas)?;
+        let weights = match (&batch.foreground, self.cfg.foreground_weight) {
+            (Some(mask), fw) if fw > 0.0 => Some(((mask * fw)? + 1.0)?),
+            _ => None,
+        };
+        let loss = self.models.loss(&batch.latents, &captions, &noise, &sigmas, weights.as_ref())?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {loss_value}") });

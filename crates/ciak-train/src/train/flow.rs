@@ -141,6 +141,14 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
 }
 
+/// `sum(w * (pred - target)^2) / sum(w)` over every element, with `weights` broadcast to the
+/// prediction's shape (f32 scalar). Equal weights give [`mse`].
+pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let w = weights.broadcast_as(pred.shape())?.to_dtype(DType::F32)?;
+    let err = (pred.to_dtype(DType::F32)? - target)?.sqr()?;
+    Ok(((err * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
+}
+
 /// Classifier-free-guidance dropout: each caption becomes `""` (the pipeline's default negative
 /// prompt) with probability `p`, so the model learns the unconditional velocity too.
 pub fn drop_captions(captions: &[String], p: f64, rng: &mut TrainRng) -> Vec<String> {
@@ -193,6 +201,21 @@ mod tests {
         let back = (&fb.noisy.get(1)? - (fb.target.get(1)? * 0.25)?)?;
         assert!(d(&back, &x0.get(1)?) < 1e-6);
         assert!(flow_batch(&x0, &noise, &[0.5]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn weighted_mse_weighs_the_marked_cells() -> Result<()> {
+        let dev = Device::Cpu;
+        let pred = Tensor::from_vec(vec![1f32, 0.0, 0.0, 0.0], (1, 1, 1, 2, 2), &dev)?;
+        let target = Tensor::zeros((1, 1, 1, 2, 2), DType::F32, &dev)?;
+        let ones = Tensor::ones((1, 1, 1, 2, 2), DType::F32, &dev)?;
+        let plain = weighted_mse(&pred, &target, &ones)?.to_scalar::<f32>()?;
+        assert!((plain - mse(&pred, &target)?.to_scalar::<f32>()?).abs() < 1e-7);
+        // the error sits on a cell weighted 4: (4 * 1) / (4 + 1 + 1 + 1)
+        let w = Tensor::from_vec(vec![4f32, 1.0, 1.0, 1.0], (1, 1, 1, 2, 2), &dev)?;
+        let got = weighted_mse(&pred, &target, &w)?.to_scalar::<f32>()?;
+        assert!((got - 4.0 / 7.0).abs() < 1e-6, "{got}");
         Ok(())
     }
 

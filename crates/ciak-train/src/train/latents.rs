@@ -19,6 +19,7 @@
 
 use super::flow::TrainRng;
 use super::vae::clip_tensor;
+use super::foreground::foreground_mask;
 use super::{LatentBatch, LatentSource, Result, TrainError};
 use crate::caption::caption_for;
 use crate::dataset::sample;
@@ -467,13 +468,21 @@ impl LatentSource for CachedLatents {
         let g = &self.groups[gi];
         let mut latents = Vec::with_capacity(n);
         let mut captions = Vec::with_capacity(n);
+        let mut masks = Vec::new();
         for &c in &clips {
             let (shard, row, item, scene) = &g.clips[c];
-            latents.push(g.shards[*shard].i(*row)?);
+            let clip = g.shards[*shard].i(*row)?;
+            let &[_, f, h, w] = clip.dims() else {
+                return Err(TrainError::Data(format!("expected cached latents [C, F, H, W], got {:?}", clip.dims())));
+            };
+            masks.extend(foreground_mask(scene, f, h, w).map_err(TrainError::Data)?);
+            latents.push(clip);
             captions.push(self.caption(scene, *item, self.epoch));
         }
         let latents = Tensor::stack(&latents, 0)?.to_dtype(DType::F32)?.to_device(&self.device)?;
-        Ok(LatentBatch { latents, captions })
+        let (b, _, f, h, w) = latents.dims5()?;
+        let foreground = Tensor::from_vec(masks, (b, 1, f, h, w), &self.device)?;
+        Ok(LatentBatch { latents, captions, foreground: Some(foreground) })
     }
 
     fn state(&self) -> serde_json::Value {

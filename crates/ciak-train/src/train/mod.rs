@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod dit;
 pub mod export;
 pub mod flow;
+pub mod foreground;
 pub mod latents;
 pub mod lossplot;
 pub mod optim;
@@ -91,6 +92,9 @@ pub struct LatentBatch {
     /// [B, C, F', H', W'] f32.
     pub latents: Tensor,
     pub captions: Vec<String>,
+    /// [B, 1, F', H', W'] f32: 1 on latent cells an object touches, else 0 (see
+    /// [`foreground::foreground_mask`]); `None` when the source does not know its scenes.
+    pub foreground: Option<Tensor>,
 }
 
 /// Where training clips come from (the toy world through the VAE latent cache, or a test source).
