@@ -294,3 +294,37 @@ fn scenes_round_trip_through_json() {
     assert_eq!((parsed.frames, parsed.fps, parsed.camera), (25, 12, None));
     assert_eq!(parsed.validate(), Ok(()));
 }
+
+#[test]
+fn placement_spread_centres_the_track_and_still_places_every_object() {
+    let mut spread = |p: f32, counts: [f32; 3]| {
+        let cfg = SamplerConfig {
+            object_count_weights: counts,
+            camera_probability: 0.0,
+            placement_spread: p,
+            ..Default::default()
+        };
+        let mut rng = Rng::new(11);
+        (0..300).map(|_| sample_scene(&mut rng, &cfg, Split::Train)).collect::<Vec<_>>()
+    };
+    // spread 0: a lone object's track is centred in its room, so its mid-clip position is the
+    // frame centre along any axis it does not bounce on
+    for s in spread(0.0, [1.0, 0.0, 0.0]) {
+        let mid = s.object_state(0, s.frames / 2).center;
+        let (first, last) = (s.object_state(0, 0).center, s.object_state(0, s.frames - 1).center);
+        let centre = [(first[0] + last[0]) / 2.0, (first[1] + last[1]) / 2.0];
+        let (w, h) = (s.width() as f32, s.height() as f32);
+        assert!((centre[0] - w / 2.0).abs() < 1.0, "{centre:?} {mid:?}: {s:?}");
+        if s.objects[0].motion != Motion::Bounce {
+            assert!((centre[1] - h / 2.0).abs() < 1.0, "{centre:?}: {s:?}");
+        }
+    }
+    // the first object stays near the middle at 0.25; every scene still gets all its objects
+    let near = |scenes: &[ciak_train::world::Scene]| {
+        scenes.iter().filter(|s| (s.objects[0].start[0] - 0.5).abs() < 0.2 && (s.objects[0].start[1] - 0.5).abs() < 0.2).count()
+    };
+    let (tight, loose) = (spread(0.25, [0.4, 0.4, 0.2]), spread(1.0, [0.4, 0.4, 0.2]));
+    assert!(near(&tight) > near(&loose) + 30, "{} vs {}", near(&tight), near(&loose));
+    assert!(tight.iter().all(|s| s.validate().is_ok()));
+    assert!(tight.iter().any(|s| s.objects.len() == 3));
+}

@@ -91,7 +91,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         }
         TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, a.limits, a.log_every).map(|_| ()),
-        TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, &a.out, a.resume),
+        TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, a.placement_spread, &a.out, a.resume),
         TrainCommand::Dit(a) => {
             let settings = read_dit_settings(&a.config, &a.out)?;
             dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.limits, a.log_every).map(|_| ())
@@ -133,6 +133,8 @@ pub struct DitRunSettings {
     /// The latent cache `train all` builds: training items `0..clips` of `seed`.
     pub latent_clips: usize,
     pub latent_seed: u64,
+    /// `latents.placement_spread` (default 1).
+    pub placement_spread: f32,
 }
 
 /// The tokenizer value that means "the built-in word-level tokenizer, written next to the run".
@@ -152,14 +154,21 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
         .with_context(|| format!("bad config {}: expected a `generation` object (ciak.json defaults)", path.display()))?;
     let generation = parse_generation(&generation).with_context(|| format!("bad config {}", path.display()))?;
     let latents = obj.remove("latents");
-    let (latent_clips, latent_seed) = match &latents {
-        None => (0, 0),
+    let (latent_clips, latent_seed, placement_spread) = match &latents {
+        None => (0, 0, 1.0),
         Some(l) => {
             let clips = l.get("clips").and_then(Value::as_u64);
             let seed = l.get("seed").and_then(Value::as_u64);
-            match (clips, seed) {
-                (Some(c), Some(s)) if c > 0 => (c as usize, s),
-                _ => bail!("bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S}}, got {l}", path.display()),
+            let spread = match l.get("placement_spread") {
+                None => Some(1.0),
+                Some(v) => v.as_f64().filter(|s| (0.0..=1.0).contains(s)),
+            };
+            match (clips, seed, spread) {
+                (Some(c), Some(s), Some(p)) if c > 0 => (c as usize, s, p as f32),
+                _ => bail!(
+                    "bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S, \"placement_spread\": 0..1 (optional)}}, got {l}",
+                    path.display()
+                ),
             }
         }
     };
@@ -183,7 +192,7 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
     }
     train.vae = train.vae.map(|v| base.join(v));
     train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
-    Ok(DitRunSettings { train, generation, latent_clips, latent_seed })
+    Ok(DitRunSettings { train, generation, latent_clips, latent_seed, placement_spread })
 }
 
 /// `generation` must name every field: a missing one would silently become Wan2.1's default.
@@ -245,6 +254,10 @@ pub struct LatentsArgs {
     /// Continue an interrupted build in --out (shards already written are kept).
     #[arg(long)]
     pub resume: bool,
+    /// Fraction of the room each object's start is drawn from, centred (1: anywhere it fits; see
+    /// `SamplerConfig::placement_spread`).
+    #[arg(long, default_value_t = 1.0)]
+    pub placement_spread: f32,
 }
 
 #[derive(Args, Debug)]
@@ -406,8 +419,9 @@ fn has_latent_files(dir: &Path) -> bool {
     })
 }
 
-fn latents_stage(vae: &Path, count: usize, seed: u64, out: &Path, resume: bool) -> Result<()> {
+fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, resume: bool) -> Result<()> {
     ensure!(count > 0, "expected --count of at least 1, got 0");
+    ensure!((0.0..=1.0).contains(&spread), "expected a placement spread in [0, 1], got {spread}");
     ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
     match (resume, has_latent_files(out)) {
         (true, false) => bail!("nothing to resume in {}: no latent cache files there (drop --resume)", out.display()),
@@ -417,7 +431,7 @@ fn latents_stage(vae: &Path, count: usize, seed: u64, out: &Path, resume: bool) 
     let cfg = LatentCacheConfig {
         seed,
         clips: count,
-        sampler: SamplerConfig::default(),
+        sampler: SamplerConfig { placement_spread: spread, ..SamplerConfig::default() },
         shard_clips: 64,
         dtype: CacheDType::F16,
     };
@@ -509,7 +523,7 @@ fn all(a: AllArgs) -> Result<()> {
     }
 
     let resume_latents = a.resume && has_latent_files(&latents_out);
-    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, &latents_out, resume_latents)?;
+    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.placement_spread, &latents_out, resume_latents)?;
 
     let model = dit_out.join("model");
     if done(&model.join("ciak.json")) {

@@ -24,6 +24,12 @@ pub struct SamplerConfig {
     pub background_weights: [f32; 4],
     /// Chance of a camera move on a checkerboard (the only background where a move is visible).
     pub camera_probability: f32,
+    /// Fraction of the room an object's start position is drawn from, centred in that room
+    /// (the positions that keep its whole track inside the frame). 1: anywhere it fits; 0.25: a
+    /// ball that moves right always crosses near the middle. A small model learns a clip's layout
+    /// from noise much sooner when the caption pins it down; objects that do not fit a narrow
+    /// spot (the second of two) fall back to the whole room after half of their tries.
+    pub placement_spread: f32,
 }
 
 impl Default for SamplerConfig {
@@ -35,6 +41,7 @@ impl Default for SamplerConfig {
             object_count_weights: [0.6, 0.3, 0.1],
             background_weights: [0.45, 0.2, 0.2, 0.15],
             camera_probability: 0.5,
+            placement_spread: 1.0,
         }
     }
 }
@@ -61,7 +68,7 @@ pub fn sample_scene(rng: &mut Rng, cfg: &SamplerConfig, split: Split) -> Scene {
         let mut scene = Scene { aspect, frames: cfg.frames.max(2), fps: cfg.fps, background, objects: Vec::new(), camera };
         for k in 0..n {
             let forced = (split == Split::Eval && k == 0).then(|| rng.pick(&HELD_OUT_COMBOS));
-            if !place_object(rng, &mut scene, split, forced) {
+            if !place_object(rng, &mut scene, split, forced, cfg.placement_spread) {
                 break;
             }
         }
@@ -124,9 +131,15 @@ fn motion_choices(scene: &Scene, shape: Shape) -> Vec<(Motion, f32)> {
 }
 
 /// Adds one object that fits; false after too many failed tries (the caller starts over).
-fn place_object(rng: &mut Rng, scene: &mut Scene, split: Split, forced: Option<(Color, Shape, Motion)>) -> bool {
+fn place_object(
+    rng: &mut Rng,
+    scene: &mut Scene,
+    split: Split,
+    forced: Option<(Color, Shape, Motion)>,
+    spread: f32,
+) -> bool {
     let samples = scene.background.contrast_samples();
-    for _ in 0..40 {
+    for attempt in 0..40 {
         let (color, shape, motion) = match forced {
             Some(combo) => combo,
             None => {
@@ -157,7 +170,8 @@ fn place_object(rng: &mut Rng, scene: &mut Scene, split: Split, forced: Option<(
         let size = rng.pick(&Size::ALL);
         let Some(amount) = sample_amount(rng, scene, shape, size, motion) else { continue };
         let mut object = Object { shape, color, size, start: [0.5, 0.5], motion, amount };
-        let Some(start) = sample_start(rng, scene, object) else { continue };
+        let spread = if attempt < 20 { spread } else { 1.0 };
+        let Some(start) = sample_start(rng, scene, object, spread) else { continue };
         object.start = start;
         debug_assert!(split == Split::Eval || !is_held_out(&object));
         scene.objects.push(object);
@@ -193,7 +207,7 @@ fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion:
 
 /// A start position that keeps the whole track inside the frame (exact without zoom; with zoom the
 /// caller's validation rejects the rare misses).
-fn sample_start(rng: &mut Rng, scene: &Scene, object: Object) -> Option<[f32; 2]> {
+fn sample_start(rng: &mut Rng, scene: &Scene, object: Object, spread: f32) -> Option<[f32; 2]> {
     let mut probe = scene.clone();
     probe.objects = vec![object];
     let (w, h) = (scene.width() as f32, scene.height() as f32);
@@ -210,5 +224,15 @@ fn sample_start(rng: &mut Rng, scene: &Scene, object: Object) -> Option<[f32; 2]
         return None;
     }
     let zoom = probe.view(0).zoom;
-    Some([0.5 + rng.range(lo_x, hi_x) / zoom / w, 0.5 + rng.range(lo_y, hi_y) / zoom / h])
+    let mut draw = |lo: f32, hi: f32| {
+        if spread >= 1.0 {
+            rng.range(lo, hi)
+        } else {
+            let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0 * spread.max(0.0));
+            rng.range(mid - half, mid + half)
+        }
+    };
+    let x = draw(lo_x, hi_x);
+    let y = draw(lo_y, hi_y);
+    Some([0.5 + x / zoom / w, 0.5 + y / zoom / h])
 }
