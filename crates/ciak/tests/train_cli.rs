@@ -148,6 +148,14 @@ fn bad_input_is_one_clear_line() {
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--resume"]), "nothing to resume");
     fails(ciak(&d, &["train", "latents", "--vae", "nowhere", "--count", "2", "--out", "a"]), "expected a trained VAE");
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "0", "--out", "a"]), "--count");
+    fails(
+        ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--placement-spread", "1.5", "--out", "a"]),
+        "expected a placement spread in [0, 1], got 1.5",
+    );
+    let mut bad_spread = tiny_dit();
+    bad_spread["latents"] = serde_json::json!({"clips": 4, "seed": 1, "placement_spread": -1});
+    write(&d.join("badspread.json"), &bad_spread);
+    fails(ciak(&d, &["train", "dit", "--config", "badspread.json", "--latents", "x", "--vae", "y", "--out", "a"]), "placement_spread");
     fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
 
     // the committed settings parse; the run then stops at the missing latent cache
