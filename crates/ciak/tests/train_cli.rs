@@ -53,8 +53,8 @@ fn tiny_dit() -> Value {
         "text_encoder": { "d_model": 32, "d_kv": 8, "num_heads": 4, "num_layers": 2, "d_ff": 64 },
         "tokenizer": "builtin",
         "text_len": 16, "batch_size": 1, "steps": 3, "lr": 0.001, "warmup_steps": 1, "ema_decay": 0.5,
-        "checkpoint_every": 2,
-        "latents": { "clips": 3, "seed": 2 },
+        "checkpoint_every": 2, "foreground_weight": 2.0,
+        "latents": { "clips": 3, "seed": 2, "placement_spread": 0.5 },
         "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "",
                         "sizes": [[64, 48], [48, 64]] }
     })
