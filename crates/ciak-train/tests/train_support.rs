@@ -64,6 +64,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         grad_clip: 1.0,
         ema_decay: 0.99,
         caption_dropout: 0.25,
+        foreground_weight: 0.0,
         shift: 3.0,
         sigma_sampling: SigmaSampling::ShiftedUniform,
         checkpoint_every: 3,
