@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
-use ciak_train::train::flow::TrainRng;
+use ciak_train::train::flow::{flow_batch, TrainRng};
 use ciak_train::train::vae::{clip_tensor, eval_scene};
 use ciak_train::{canonical_caption, render};
 
@@ -40,11 +40,11 @@ fn main() {
         let z = pipe.vae.normalize_latents(&mean).unwrap();
         let noise = TrainRng::new(i as u64).gaussian(z.dims(), &dev).unwrap();
         for (si, &s) in sigmas.iter().enumerate() {
-            let xt = ((&z * (1.0 - s)).unwrap() + (&noise * s).unwrap()).unwrap();
-            let t = Tensor::new(&[(s * 1000.0) as f32], &dev).unwrap();
+            // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000
+            let fb = flow_batch(&z, &noise, &[s as f32]).unwrap();
             for (ci, ctx) in [&embeds[i], wrong, &empty].into_iter().enumerate() {
-                let v = pipe.transformer.forward(&xt, &t, ctx, None).unwrap();
-                let x0 = (&xt - (v * s).unwrap()).unwrap();
+                let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, ctx, None).unwrap();
+                let x0 = (&fb.noisy - (v * s).unwrap()).unwrap();
                 sums[si][ci] += mse(&x0, &z) / clips as f32;
             }
         }
