@@ -15,6 +15,11 @@ fn mse(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
+/// Each channel's mean over frames, height and width: [B, C, F, H, W] -> [B, C, 1, 1, 1].
+fn clip_mean(t: &Tensor) -> Tensor {
+    t.mean_keepdim(4).unwrap().mean_keepdim(3).unwrap().mean_keepdim(2).unwrap()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = std::path::PathBuf::from(&args[1]);
@@ -30,6 +35,11 @@ fn main() {
     println!("text embeddings: mean square {:.4}; caption 0 vs 1 differ by {:.4}, caption 0 vs empty by {:.4}",
         spread(&embeds[0]), mse(&embeds[0], &embeds[1 % embeds.len()]), mse(&embeds[0], &empty));
     let mut sums = [[0f32; 3]; 5];
+    // the same, on each channel's clip-wide mean only (the background; noise-copy errors average out)
+    let mut mean_sums = [[0f32; 3]; 5];
+    // baselines: predicting zeros, and predicting each channel's clip-wide mean (what a model that
+    // knew the background from the caption alone could reach at sigma 1)
+    let mut baselines = [0f32; 3];
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
@@ -38,6 +48,9 @@ fn main() {
         let x = clip_tensor(&render(scene), &dev).unwrap();
         let (mean, _) = pipe.vae.encode(&x).unwrap();
         let z = pipe.vae.normalize_latents(&mean).unwrap();
+        baselines[0] += z.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() / clips as f32;
+        baselines[1] += mse(&z, &clip_mean(&z).broadcast_as(z.shape()).unwrap()) / clips as f32;
+        baselines[2] += clip_mean(&z).sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() / clips as f32;
         let noise = TrainRng::new(i as u64).gaussian(z.dims(), &dev).unwrap();
         for (si, &s) in sigmas.iter().enumerate() {
             // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000
@@ -46,12 +59,21 @@ fn main() {
                 let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, ctx, None).unwrap();
                 let x0 = (&fb.noisy - (v * s).unwrap()).unwrap();
                 sums[si][ci] += mse(&x0, &z) / clips as f32;
+                mean_sums[si][ci] += mse(&clip_mean(&x0), &clip_mean(&z)) / clips as f32;
             }
         }
     }
     println!("latent MSE of the x0 prediction (mean over {clips} held-out scenes):");
+    println!(
+        "baselines: predicting zeros {:.4}, predicting each channel's clip mean {:.4}; clip means alone, zeros: {:.4}",
+        baselines[0], baselines[1], baselines[2]
+    );
     println!("sigma   own caption   other scene's caption   empty caption");
     for (si, s) in sigmas.iter().enumerate() {
         println!("{s:5}   {:11.4}   {:21.4}   {:13.4}", sums[si][0], sums[si][1], sums[si][2]);
+    }
+    println!("the same on each channel's clip mean only (the background):");
+    for (si, s) in sigmas.iter().enumerate() {
+        println!("{s:5}   {:11.4}   {:21.4}   {:13.4}", mean_sums[si][0], mean_sums[si][1], mean_sums[si][2]);
     }
 }

@@ -67,6 +67,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         foreground_weight: 0.0,
         shift: 3.0,
         sigma_sampling: SigmaSampling::ShiftedUniform,
+        terminal_share: 0.0,
         checkpoint_every: 3,
         max_seconds: None,
         stop_at: None,

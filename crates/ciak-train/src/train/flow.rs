@@ -94,6 +94,16 @@ impl SigmaSampling {
         };
         shift_sigma(u, shift)
     }
+
+    /// Like [`Self::sample`], but exactly 1 with probability `terminal_share`. A share of 0 draws
+    /// nothing extra, so runs without it keep their random stream.
+    pub fn sample_with_terminal(&self, rng: &mut TrainRng, shift: f64, terminal_share: f64) -> f64 {
+        if terminal_share > 0.0 && rng.uniform() < terminal_share {
+            1.0
+        } else {
+            self.sample(rng, shift)
+        }
+    }
 }
 
 /// The timestep the samplers pass for noise level `sigma` (`sigma * 1000` in f32, like Euler).
@@ -177,6 +187,14 @@ mod tests {
         assert!(draws.iter().all(|&d| (0.0..1.0).contains(&d)));
         let ln: Vec<f64> = (0..1000).map(|_| SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 }.sample(&mut rng, 1.0)).collect();
         assert!(ln.iter().all(|&d| d > 0.0 && d < 1.0));
+        let mut a = TrainRng::new(3);
+        let mut b = TrainRng::new(3);
+        let plain: Vec<f64> = (0..100).map(|_| SigmaSampling::ShiftedUniform.sample(&mut a, shift)).collect();
+        let none: Vec<f64> = (0..100).map(|_| SigmaSampling::ShiftedUniform.sample_with_terminal(&mut b, shift, 0.0)).collect();
+        assert_eq!(plain, none);
+        let some: Vec<f64> = (0..20_000).map(|_| SigmaSampling::ShiftedUniform.sample_with_terminal(&mut b, shift, 0.25)).collect();
+        let ones = some.iter().filter(|&&d| d == 1.0).count();
+        assert!((4_600..5_400).contains(&ones), "{ones} of 20000 at sigma 1");
         // the grid of UniPC with shift 3 at 50 steps starts at 999, 993, 986 (wan-facts 6.1)
         let grid: Vec<i64> = (0..3).map(|i| (shift_sigma(1.0 - i as f64 * (1.0 - 0.001) / 50.0, shift) * 1000.0) as i64).collect();
         assert_eq!(grid[1..], [993, 986]);
