@@ -297,7 +297,7 @@ fn scenes_round_trip_through_json() {
 
 #[test]
 fn placement_spread_centres_the_track_and_still_places_every_object() {
-    let mut spread = |p: f32, counts: [f32; 3]| {
+    let spread = |p: f32, counts: [f32; 3]| {
         let cfg = SamplerConfig {
             object_count_weights: counts,
             camera_probability: 0.0,
