@@ -40,6 +40,8 @@ fn main() {
     // baselines: predicting zeros, and predicting each channel's clip-wide mean (what a model that
     // knew the background from the caption alone could reach at sigma 1)
     let mut baselines = [0f32; 3];
+    // per scene at sigma 1: background error with its own and with the other caption
+    let mut scene_rows = vec![[0f32; 2]; scenes.len()];
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
@@ -60,6 +62,9 @@ fn main() {
                 let x0 = (&fb.noisy - (v * s).unwrap()).unwrap();
                 sums[si][ci] += mse(&x0, &z) / clips as f32;
                 mean_sums[si][ci] += mse(&clip_mean(&x0), &clip_mean(&z)) / clips as f32;
+                if s == 1.0 && ci < 2 {
+                    scene_rows[i][ci] = mse(&clip_mean(&x0), &clip_mean(&z));
+                }
             }
         }
     }
@@ -71,6 +76,10 @@ fn main() {
     println!("sigma   own caption   other scene's caption   empty caption");
     for (si, s) in sigmas.iter().enumerate() {
         println!("{s:5}   {:11.4}   {:21.4}   {:13.4}", sums[si][0], sums[si][1], sums[si][2]);
+    }
+    println!("per scene at sigma 1, background error with its own / the other caption:");
+    for (row, caption) in scene_rows.iter().zip(&captions) {
+        println!("  {:.4} / {:.4}  {caption}", row[0], row[1]);
     }
     println!("the same on each channel's clip mean only (the background):");
     for (si, s) in sigmas.iter().enumerate() {

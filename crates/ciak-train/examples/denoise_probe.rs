@@ -4,7 +4,10 @@
 //! A model that restores the objects at mid noise but never draws them when sampling from pure
 //! noise has a sampling problem; one that blurs them away has not learned them.
 //!
-//!   cargo run --release -p ciak-train --example denoise_probe -- MODEL_DIR OUT_DIR [CLIPS]
+//!   cargo run --release -p ciak-train --example denoise_probe -- MODEL_DIR OUT_DIR [CLIPS] [SIGMAS]
+//!
+//! SIGMAS: comma-separated noise levels, default 0.3,0.6,0.9 (1 shows what the model expects of
+//! the caption alone).
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
@@ -20,7 +23,10 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let dev = Device::Cpu;
     let pipe = WanPipeline::load(&WanModelDir::open(&model).unwrap(), &LoadOptions::default()).unwrap();
-    let sigmas = [0.3f64, 0.6, 0.9];
+    let sigmas: Vec<f64> = match args.get(4) {
+        Some(list) => list.split(',').map(|s| s.parse().expect("SIGMAS: comma-separated numbers")).collect(),
+        None => vec![0.3, 0.6, 0.9],
+    };
     for i in 0..clips {
         let scene = eval_scene(1, i);
         let caption = canonical_caption(&scene);
