@@ -11,8 +11,12 @@ use ciak_train::train::flow::{flow_batch, TrainRng};
 use ciak_train::train::vae::{clip_tensor, eval_scene};
 use ciak_train::{canonical_caption, render};
 
+fn mean_square(t: &Tensor) -> f32 {
+    t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 fn mse(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
+    mean_square(&(a - b).unwrap())
 }
 
 /// Each channel's mean over frames, height and width: [B, C, F, H, W] -> [B, C, 1, 1, 1].
@@ -31,9 +35,8 @@ fn main() {
     let embeds: Vec<Tensor> =
         captions.iter().map(|c| pipe.text_encoder.encode(&[c.clone()]).unwrap().prompt_embeds).collect();
     let empty = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
-    let spread = |t: &Tensor| t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     println!("text embeddings: mean square {:.4}; caption 0 vs 1 differ by {:.4}, caption 0 vs empty by {:.4}",
-        spread(&embeds[0]), mse(&embeds[0], &embeds[1 % embeds.len()]), mse(&embeds[0], &empty));
+        mean_square(&embeds[0]), mse(&embeds[0], &embeds[1 % embeds.len()]), mse(&embeds[0], &empty));
     let mut sums = [[0f32; 3]; 5];
     // the same, on each channel's clip-wide mean only (the background; noise-copy errors average out)
     let mut mean_sums = [[0f32; 3]; 5];
@@ -50,9 +53,10 @@ fn main() {
         let x = clip_tensor(&render(scene), &dev).unwrap();
         let (mean, _) = pipe.vae.encode(&x).unwrap();
         let z = pipe.vae.normalize_latents(&mean).unwrap();
-        baselines[0] += z.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() / clips as f32;
-        baselines[1] += mse(&z, &clip_mean(&z).broadcast_as(z.shape()).unwrap()) / clips as f32;
-        baselines[2] += clip_mean(&z).sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() / clips as f32;
+        let z_mean = clip_mean(&z);
+        baselines[0] += mean_square(&z) / clips as f32;
+        baselines[1] += mse(&z, &z_mean.broadcast_as(z.shape()).unwrap()) / clips as f32;
+        baselines[2] += mean_square(&z_mean) / clips as f32;
         let noise = TrainRng::new(i as u64).gaussian(z.dims(), &dev).unwrap();
         for (si, &s) in sigmas.iter().enumerate() {
             // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000
@@ -60,10 +64,11 @@ fn main() {
             for (ci, ctx) in [&embeds[i], wrong, &empty].into_iter().enumerate() {
                 let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, ctx, None).unwrap();
                 let x0 = (&fb.noisy - (v * s).unwrap()).unwrap();
+                let background = mse(&clip_mean(&x0), &z_mean);
                 sums[si][ci] += mse(&x0, &z) / clips as f32;
-                mean_sums[si][ci] += mse(&clip_mean(&x0), &clip_mean(&z)) / clips as f32;
+                mean_sums[si][ci] += background / clips as f32;
                 if s == 1.0 && ci < 2 {
-                    scene_rows[i][ci] = mse(&clip_mean(&x0), &clip_mean(&z));
+                    scene_rows[i][ci] = background;
                 }
             }
         }
