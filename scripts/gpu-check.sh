@@ -40,22 +40,8 @@ say() { echo "== $*" | tee -a "$log"; }
 # Runs a step with a time limit, output to the log and the terminal; returns its exit code.
 step() { local limit=$1; shift; say "$*"; timeout "$limit" "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
 
-# The binary: $CIAK_BIN, else .gpu/ciak.xz unpacked to /tmp (python's lzma if xz is missing),
-# else .gpu/ciak.
-bin=${CIAK_BIN:-.gpu/ciak}
-if [ -z "${CIAK_BIN:-}" ] && [ -f .gpu/ciak.xz ]; then
-  bin=/tmp/ciak-gpu
-  if command -v xz >/dev/null; then xz -dc .gpu/ciak.xz >"$bin"
-  else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' .gpu/ciak.xz "$bin"; fi
-  chmod +x "$bin"
-fi
-[ -x "$bin" ] || { say "no $bin (nor .gpu/ciak.xz): run scripts/gpu-check.sh --prepare on the build machine"; exit 2; }
-
-# The driver (libcuda), cuBLAS/cuRAND/cudart of the system toolkit, else those of PyTorch's wheels.
-libdirs=$(ls -d /usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null)
-libdirs="$libdirs $(python3 -c 'import glob,site; print(" ".join(d for p in site.getsitepackages() for d in glob.glob(p + "/nvidia/*/lib")))' 2>/dev/null)"
-for d in $libdirs; do LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"; done
-export LD_LIBRARY_PATH
+# The CUDA binary ($bin) and LD_LIBRARY_PATH.
+source scripts/gpu-env.sh || { say "no CUDA binary: run scripts/gpu-check.sh --prepare on the build machine"; exit 2; }
 
 {
   date -u; nvidia-smi; echo; uname -a; nproc; free -g

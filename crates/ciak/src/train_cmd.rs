@@ -5,13 +5,14 @@
 //! word-level tokenizer.json.
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
+use crate::options::parse_device;
 use ciak_engine::model_dir::GenerationDefaults;
 use ciak_train::preview::{write_preview, PreviewOptions};
 use ciak_train::train::checkpoint::find_checkpoint;
 use ciak_train::train::latents::CacheDType;
 use ciak_train::train::vae::VaeEvent;
 use ciak_train::train::{
-    build_latent_cache, run_dit_training, run_vae_training, CachedLatents, DitTrainConfig, LatentCacheConfig, TrainEvent,
+    build_latent_cache, run_dit_training, run_vae_training_on, CachedLatents, DitTrainConfig, LatentCacheConfig, TrainEvent,
     VaeTrainConfig,
 };
 use ciak_train::world::Aspect;
@@ -90,11 +91,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("wrote {} ({} tokens)", t.out.display(), ciak_train::tokenizer::tokens().len());
             Ok(())
         }
-        TrainCommand::Vae(a) => vae_stage(&a.config, &a.out, a.resume, a.limits, a.log_every).map(|_| ()),
-        TrainCommand::Latents(a) => latents_stage(&a.vae, a.count, a.seed, a.placement_spread, &a.out, a.resume),
+        TrainCommand::Vae(a) => {
+            let device = parse_device(&a.device.device)?;
+            vae_stage(&a.config, &a.out, a.resume, a.limits, a.log_every, &device).map(|_| ())
+        }
+        TrainCommand::Latents(a) => {
+            let device = parse_device(&a.device.device)?;
+            latents_stage(&a.vae, a.count, a.seed, a.placement_spread, &a.out, a.resume, &device)
+        }
         TrainCommand::Dit(a) => {
+            let device = parse_device(&a.device.device)?;
             let settings = read_dit_settings(&a.config, &a.out)?;
-            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.limits, a.log_every).map(|_| ())
+            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.limits, a.log_every, &device).map(|_| ())
         }
         TrainCommand::All(a) => all(a),
     }
@@ -235,6 +243,8 @@ pub struct VaeArgs {
     /// Print every Nth step (the first and last always).
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +268,8 @@ pub struct LatentsArgs {
     /// `SamplerConfig::placement_spread`).
     #[arg(long, default_value_t = 1.0)]
     pub placement_spread: f32,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +292,8 @@ pub struct DitArgs {
     pub limits: Limits,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -299,6 +313,16 @@ pub struct AllArgs {
     pub max_seconds: Option<f64>,
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+/// Where a training stage runs.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// cpu or cuda (cuda:N for another GPU; needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// "1h02m", "3m05s", "12s".
@@ -387,14 +411,21 @@ impl Limits {
     }
 }
 
-fn vae_stage(config: &Path, out: &Path, resume: bool, limits: Limits, log_every: u64) -> Result<Option<PathBuf>> {
+fn vae_stage(
+    config: &Path,
+    out: &Path,
+    resume: bool,
+    limits: Limits,
+    log_every: u64,
+    device: &Device,
+) -> Result<Option<PathBuf>> {
     let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
     let limits = limits.checked()?;
     cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
     cfg.stop_at = limits.stop_at.or(cfg.stop_at);
     check_checkpoint(out, resume, "train vae")?;
     let mut printer = StepPrinter::new("vae", log_every);
-    let summary = run_vae_training(&cfg, out, resume, &mut |e| match e {
+    let summary = run_vae_training_on(&cfg, out, resume, device, &mut |e| match e {
         VaeEvent::Train(t) => printer.event(t),
         VaeEvent::Eval(r) => {
             println!("vae: held-out PSNR at step {}: mean {:.2} dB, min {:.2} dB", r.step, r.mean_psnr_db, r.min_psnr_db)
@@ -419,7 +450,7 @@ fn has_latent_files(dir: &Path) -> bool {
     })
 }
 
-fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, resume: bool) -> Result<()> {
+fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, resume: bool, device: &Device) -> Result<()> {
     ensure!(count > 0, "expected --count of at least 1, got 0");
     ensure!((0.0..=1.0).contains(&spread), "expected a placement spread in [0, 1], got {spread}");
     ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
@@ -437,7 +468,7 @@ fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, r
     };
     let started = Instant::now();
     let every = (count / 20).max(1);
-    let summary = build_latent_cache(vae, out, &cfg, &Device::Cpu, &mut |done, total| {
+    let summary = build_latent_cache(vae, out, &cfg, device, &mut |done, total| {
         if done % every == 0 || done == total {
             let secs = started.elapsed().as_secs_f64();
             println!("latents: {done}/{total} clips  {:.2} clips/s", done as f64 / secs.max(1e-9));
@@ -464,6 +495,7 @@ fn dit_stage(
     resume: bool,
     limits: Limits,
     log_every: u64,
+    device: &Device,
 ) -> Result<Option<PathBuf>> {
     ensure!(
         latents.join("cache.json").is_file(),
@@ -477,13 +509,12 @@ fn dit_stage(
     let limits = limits.checked()?;
     cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
     cfg.stop_at = limits.stop_at.or(cfg.stop_at);
-    let device = Device::Cpu;
-    let mut source = CachedLatents::open(latents, cfg.seed, &device)
+    let mut source = CachedLatents::open(latents, cfg.seed, device)
         .with_context(|| format!("opening the latent cache {}", latents.display()))?;
     let counts: Vec<String> = source.counts().iter().map(|(a, n)| format!("{n} x {a}")).collect();
     println!("dit: {} cached clips ({})", source.len(), counts.join(", "));
     let mut printer = StepPrinter::new("dit", log_every);
-    let summary = run_dit_training(&cfg, &mut source, out, resume, &device, &mut |e| printer.event(e))
+    let summary = run_dit_training(&cfg, &mut source, out, resume, device, &mut |e| printer.event(e))
         .with_context(|| format!("training the DiT into {}", out.display()))?;
     let Some(model) = summary.exported else {
         println!("dit: paused at step {}/{}; continue with --resume", summary.steps, cfg.steps);
@@ -499,6 +530,7 @@ fn dit_stage(
 fn all(a: AllArgs) -> Result<()> {
     // read both configs before any work, so a typo fails in a second, not after the VAE
     VaeTrainConfig::from_file(&a.vae_config).with_context(|| format!("reading the VAE config {}", a.vae_config.display()))?;
+    let device = parse_device(&a.device.device)?;
     let dit_out = a.out.join("dit");
     if !a.resume && [a.out.join("vae"), a.out.join("latents"), dit_out.join("checkpoint")].iter().any(|p| p.exists()) {
         bail!("{} already holds a run: add --resume to continue it, or pick another --out", a.out.display());
@@ -517,13 +549,13 @@ fn all(a: AllArgs) -> Result<()> {
         println!("vae: already trained ({}), skipping", vae_dir.display());
     } else {
         let started = a.resume && find_checkpoint(&vae_out.join("checkpoint")).is_some();
-        if vae_stage(&a.vae_config, &vae_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every)?.is_none() {
+        if vae_stage(&a.vae_config, &vae_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every, &device)?.is_none() {
             return Ok(());
         }
     }
 
     let resume_latents = a.resume && has_latent_files(&latents_out);
-    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.placement_spread, &latents_out, resume_latents)?;
+    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.placement_spread, &latents_out, resume_latents, &device)?;
 
     let model = dit_out.join("model");
     if done(&model.join("ciak.json")) {
@@ -531,7 +563,8 @@ fn all(a: AllArgs) -> Result<()> {
         return Ok(());
     }
     let started = a.resume && find_checkpoint(&dit_out.join("checkpoint")).is_some();
-    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every)? {
+    let limits = Limits { max_seconds: a.max_seconds, stop_at: None };
+    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, limits, a.log_every, &device)? {
         println!("all: the model is in {}", model.display());
     }
     Ok(())

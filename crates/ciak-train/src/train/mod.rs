@@ -21,7 +21,7 @@ pub mod vae;
 
 pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
 pub use latents::{build_latent_cache, CachedLatents, LatentCacheConfig};
-pub use vae::{run_vae_training, VaeTrainConfig, VaeTrainSummary};
+pub use vae::{run_vae_training, run_vae_training_on, VaeTrainConfig, VaeTrainSummary};
 
 use candle_core::Tensor;
 use std::path::PathBuf;
