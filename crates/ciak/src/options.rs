@@ -27,7 +27,11 @@ pub fn parse_device(s: &str) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {s}: this ciak was built without CUDA (rebuild with --features cuda)");
             }
-            Ok(Device::new_cuda(ordinal)?)
+            let device = Device::new_cuda(ordinal)?;
+            if let Err(e) = ciak_engine::cuda_pool::keep_pool_memory(&device) {
+                eprintln!("warning: {e} (allocations are slower; results are the same)");
+            }
+            Ok(device)
         }
         _ => bail!("expected --device cpu or cuda, got `{s}`"),
     }

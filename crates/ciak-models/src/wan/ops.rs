@@ -137,6 +137,46 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
+/// The output `y` of a fused forward kernel run on a detached input, put back into the graph of
+/// `x` with the analytic backward of `O`: how CUDA training uses candle's fused kernels, which
+/// have no backward of their own. The forward only copies `y` (one pass over it).
+struct Reattach<O>(O);
+
+impl<O: CustomOp1> CustomOp2 for Reattach<O> {
+    fn name(&self) -> &'static str {
+        "ciak-reattach"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((self.0.bwd(x, res, g)?, None))
+    }
+}
+
+/// `y` (a fresh contiguous tensor computed from `x.detach()`) as the output of [`Reattach`].
+fn reattach<O: CustomOp1 + Send + Sync + 'static>(x: &Tensor, y: &Tensor, op: O) -> Result<Tensor> {
+    if !y.is_contiguous() || y.layout().start_offset() != 0 || y.dims() != x.dims() {
+        candle_core::bail!("reattach: expected a fresh contiguous output of shape {:?}", x.shape());
+    }
+    x.apply_op2(y, Reattach(op))
+}
+
 struct RmsNormOp {
     eps: f32,
 }
@@ -518,6 +558,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         Path::Fused if cpu_f32 => x.contiguous()?.apply_op1_no_bwd(&SoftmaxOp),
         Path::Fused => candle_nn::ops::softmax_last_dim(x),
         Path::CpuAutograd => x.contiguous()?.apply_op1(SoftmaxOp),
+        // CUDA: the fused kernel forward, SoftmaxOp's backward (5x fewer passes than composed)
+        Path::Composed if x.device().is_cuda() => {
+            reattach(x, &candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?, SoftmaxOp)
+        }
         Path::Composed => softmax_last_dim_composed(x),
     }
 }
@@ -727,6 +771,15 @@ mod tests {
         let grads = y.sqr()?.sum_all()?.backward()?;
         assert!(grads.get(w.as_tensor()).is_some());
         Ok(())
+    }
+
+    /// The CUDA training softmax (fused forward, reattached analytic backward), run on the CPU:
+    /// the fused values exactly, the composed form's gradient.
+    #[test]
+    fn reattached_softmax_has_the_composed_gradient() -> Result<()> {
+        let x = (randn(&[3, 5, 37], 4.0) + 2.0)?;
+        let f = |t: &[Tensor]| reattach(&t[0], &candle_nn::ops::softmax_last_dim(&t[0].detach())?, SoftmaxOp);
+        check_cpu_autograd("reattached softmax", &[x], &f, &|t| softmax_last_dim_composed(&t[0]))
     }
 
     /// Forward values and input gradients of `f` on Vars (the CPU custom ops for f32) against the

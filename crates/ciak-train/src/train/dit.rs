@@ -627,8 +627,34 @@ impl DitTrainer {
 
     /// One optimizer step on a batch from `source`.
     pub fn train_step(&mut self, source: &mut dyn LatentSource) -> Result<StepStats> {
+        self.train_step_marked(source, &mut |_| Ok(()))
+    }
+
+    /// One step as [`Self::train_step`], timed by phase: after each phase the device finishes
+    /// its queued work, then the phase's wall time is recorded (batch, noise, forward, backward,
+    /// grad_norm, optimizer, ema). The synchronisations make the step a little slower than an
+    /// unprofiled one; the split is what they are for.
+    pub fn profile_step(&mut self, source: &mut dyn LatentSource, device: &Device) -> Result<Vec<(&'static str, f64)>> {
+        let mut phases = Vec::new();
+        let mut last = Instant::now();
+        self.train_step_marked(source, &mut |name| {
+            device.synchronize()?;
+            phases.push((name, last.elapsed().as_secs_f64()));
+            last = Instant::now();
+            Ok(())
+        })?;
+        Ok(phases)
+    }
+
+    /// The step, calling `mark` with each phase's name as it ends.
+    fn train_step_marked(
+        &mut self,
+        source: &mut dyn LatentSource,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<StepStats> {
         let start = Instant::now();
         let batch = source.batch(self.cfg.batch_size)?;
+        mark("batch")?;
         let dims = batch.latents.dims().to_vec();
         let c = self.cfg.transformer.latent_channels;
         if dims.len() != 5 || dims[0] != batch.captions.len() || dims[1] != c || dims[0] == 0 {
@@ -648,19 +674,25 @@ impl DitTrainer {
             (Some(mask), fw) if fw > 0.0 => Some(((mask * fw)? + 1.0)?),
             _ => None,
         };
+        mark("noise")?;
         let loss = self.models.loss(&batch.latents, &captions, &noise, &sigmas, weights.as_ref())?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        mark("forward")?;
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {loss_value}") });
         }
         let grads = loss.backward()?;
+        mark("backward")?;
         let norm = grad_norm(&grads, &self.params)?;
+        mark("grad_norm")?;
         if !norm.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("gradient norm is {norm}") });
         }
         let lr = self.cfg.lr_schedule().at(self.step);
         self.opt.step(&grads, lr, clip_factor(norm, self.cfg.grad_clip))?;
+        mark("optimizer")?;
         self.ema.update(&self.params)?;
+        mark("ema")?;
         self.step += 1;
         let duration = start.elapsed();
         self.seconds += duration.as_secs_f64();

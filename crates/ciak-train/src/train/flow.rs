@@ -17,6 +17,19 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A seeded generator whose whole state is one `u64` (SplitMix64), so a checkpoint saves it.
+/// SplitMix64's increment: draw k of a stream is `mix(state + k * GOLDEN)`.
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Below this many Box-Muller pairs one thread draws them all.
+const PARALLEL_PAIRS: usize = 1 << 16;
+
+/// SplitMix64's output function.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainRng {
     pub state: u64,
@@ -28,11 +41,8 @@ impl TrainRng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.state = self.state.wrapping_add(GOLDEN);
+        mix(self.state)
     }
 
     /// Uniform in [0, 1), 53 bits.
@@ -51,15 +61,35 @@ impl TrainRng {
         r * (std::f64::consts::TAU * self.open01()).cos()
     }
 
-    /// `n` standard normals as f32, both Box-Muller branches used.
+    /// `n` standard normals as f32, both Box-Muller branches used. SplitMix64 is a counter
+    /// (draw k is `mix(state + k * GOLDEN)`), so long runs are cut into chunks that threads fill
+    /// independently: the same numbers as one thread drawing them in order, on any thread count.
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let r = (-2.0 * self.open01().ln()).sqrt();
-            let theta = std::f64::consts::TAU * self.open01();
-            out.push((r * theta.cos()) as f32);
-            out.push((r * theta.sin()) as f32);
+        let pairs = n.div_ceil(2);
+        let mut out = vec![0f32; 2 * pairs];
+        let start = self.state;
+        let fill = |first_pair: usize, chunk: &mut [f32]| {
+            let mut rng = TrainRng { state: start.wrapping_add(GOLDEN.wrapping_mul(2 * first_pair as u64)) };
+            for pair in chunk.chunks_exact_mut(2) {
+                let r = (-2.0 * rng.open01().ln()).sqrt();
+                let theta = std::f64::consts::TAU * rng.open01();
+                pair[0] = (r * theta.cos()) as f32;
+                pair[1] = (r * theta.sin()) as f32;
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+        if threads == 1 || pairs < PARALLEL_PAIRS {
+            fill(0, &mut out);
+        } else {
+            let per = pairs.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (i, chunk) in out.chunks_mut(2 * per).enumerate() {
+                    let fill = &fill;
+                    s.spawn(move || fill(i * per, chunk));
+                }
+            });
         }
+        self.state = start.wrapping_add(GOLDEN.wrapping_mul(2 * pairs as u64));
         out.truncate(n);
         out
     }
@@ -171,6 +201,28 @@ pub fn drop_captions(captions: &[String], p: f64, rng: &mut TrainRng) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The threaded draw gives the serial stream's numbers and leaves the state where the serial
+    /// draw leaves it (odd counts too).
+    #[test]
+    fn threaded_normals_are_the_serial_stream() {
+        for n in [1usize, 7, 2 * PARALLEL_PAIRS + 3, 5 * PARALLEL_PAIRS] {
+            let mut threaded = TrainRng::new(42);
+            let got = threaded.normals(n);
+            let mut serial = TrainRng::new(42);
+            let mut want = Vec::new();
+            while want.len() < n {
+                let r = (-2.0 * serial.open01().ln()).sqrt();
+                let theta = std::f64::consts::TAU * serial.open01();
+                want.push((r * theta.cos()) as f32);
+                want.push((r * theta.sin()) as f32);
+            }
+            want.truncate(n);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n = {n}");
+            assert_eq!(got.len(), n);
+            assert_eq!(threaded.state, serial.state, "n = {n}");
+        }
+    }
 
     #[test]
     fn shifted_uniform_matches_the_sampler_grid_density() {
