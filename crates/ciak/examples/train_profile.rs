@@ -1,9 +1,11 @@
 //! Where a DiT training step spends its time on a device: per-phase wall times of whole steps
-//! (batch, noise, forward, backward, grad_norm, optimizer, ema) at several batch sizes, then
+//! (batch, noise, forward, backward, grad_norm, optimizer, ema) at several batch sizes, on
+//! synthetic latents or on a latent cache (LATENTS), then
 //! single ops of the training graph (forward + backward) at the config's real shapes, then the
-//! VAE encode of the latent cache (render vs encode) when a VAE folder is given.
+//! VAE encode of the latent cache (render vs encode) when a VAE folder is given, then batches
+//! served by a latent cache when one is given.
 //!
-//! `cargo run --release -p ciak --example train_profile -- CONFIG DEVICE [BATCHES] [STEPS] [VAE]`
+//! `cargo run --release -p ciak --example train_profile -- CONFIG DEVICE [BATCHES] [STEPS] [VAE] [LATENTS]`
 //! e.g. `... train/dit-x4-gpu.json cuda 4,32,64 6 .gpu/vae` (with `--features cuda`).
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use ciak_models::wan::ops;
@@ -11,7 +13,7 @@ use ciak_train::train::dit::{DitTrainer, SyntheticLatents};
 use ciak_train::train::flow::TrainRng;
 use ciak_train::train::latents::{encode_scenes, load_vae};
 use ciak_train::train::vae::clip_tensor;
-use ciak_train::train::DitTrainConfig;
+use ciak_train::train::{CachedLatents, DitTrainConfig, LatentSource};
 use ciak_train::{render, sample, SamplerConfig, Scene, Split};
 use std::time::Instant;
 
@@ -65,7 +67,7 @@ fn fwd_bwd(device: &Device, shape: &[usize], op: &dyn Fn(&Tensor) -> candle_core
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        return Err("usage: train_profile CONFIG DEVICE [BATCHES] [STEPS] [VAE]".into());
+        return Err("usage: train_profile CONFIG DEVICE [BATCHES] [STEPS] [VAE|-] [LATENTS]".into());
     }
     let device = match args[2].as_str() {
         "cpu" => Device::Cpu,
@@ -86,10 +88,14 @@ fn main() -> Res<()> {
         let cfg = DitTrainConfig { batch_size: b, ..base.clone() };
         let mut trainer = DitTrainer::new(&cfg, &device)?;
         let captions = vec!["a red ball moves to the right on a blue background".to_string(), "a blue box".into()];
-        let mut source = SyntheticLatents::new(cfg.seed, latent, captions, &device)?;
-        trainer.profile_step(&mut source, &device)?;
+        // the latent cache when one is given (real captions, foreground weights, three aspects)
+        let mut source: Box<dyn LatentSource> = match args.get(6) {
+            Some(dir) => Box::new(CachedLatents::open(std::path::Path::new(dir), cfg.seed, &device)?),
+            None => Box::new(SyntheticLatents::new(cfg.seed, latent, captions, &device)?),
+        };
+        trainer.profile_step(source.as_mut(), &device)?;
         let runs: Vec<Vec<(&str, f64)>> =
-            (0..steps).map(|_| trainer.profile_step(&mut source, &device)).collect::<Result<_, _>>()?;
+            (0..steps).map(|_| trainer.profile_step(source.as_mut(), &device)).collect::<Result<_, _>>()?;
         let mut line = format!("batch {b:4}:");
         let mut total = 0.0;
         for (i, (name, _)) in runs[0].iter().enumerate() {
@@ -141,7 +147,7 @@ fn main() -> Res<()> {
         println!("{name:28} {shape:?}: {fwd:8.2} {bwd:8.2}");
     }
 
-    if let Some(vae_dir) = args.get(5) {
+    if let Some(vae_dir) = args.get(5).filter(|a| *a != "-") {
         let vae = load_vae(std::path::Path::new(vae_dir), &device)?;
         let scenes: Vec<_> = (0..16).map(|i| sample(1, i, &SamplerConfig::default(), Split::Train).scene).collect();
         let render_ms = time_ms(&device, 5, || {
@@ -158,6 +164,13 @@ fn main() -> Res<()> {
             wide.len(),
             batch_ms / wide.len() as f64
         );
+    }
+    if let Some(dir) = args.get(6) {
+        let mut cache = CachedLatents::open(std::path::Path::new(dir), 1, &device)?;
+        for &b in &batches {
+            let ms = time_ms(&device, steps.max(3), || Ok(cache.batch(b).map(|_| ())?))?;
+            println!("== latent cache {dir}: a batch of {b} in {ms:.1} ms ({:.2} ms per clip)", ms / b as f64);
+        }
     }
     Ok(())
 }
