@@ -93,7 +93,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Vae(a) => {
             let device = parse_device(&a.device.device)?;
-            vae_stage(&a.config, &a.out, a.resume, a.limits, a.log_every, &device).map(|_| ())
+            vae_stage(&a.config, &a.out, a.resume, &StageRun { limits: a.limits, log_every: a.log_every, device: &device })
+                .map(|_| ())
         }
         TrainCommand::Latents(a) => {
             let device = parse_device(&a.device.device)?;
@@ -102,7 +103,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         TrainCommand::Dit(a) => {
             let device = parse_device(&a.device.device)?;
             let settings = read_dit_settings(&a.config, &a.out)?;
-            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, a.limits, a.log_every, &device).map(|_| ())
+            let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
+            dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, &run).map(|_| ())
         }
         TrainCommand::All(a) => all(a),
     }
@@ -411,21 +413,21 @@ impl Limits {
     }
 }
 
-fn vae_stage(
-    config: &Path,
-    out: &Path,
-    resume: bool,
+/// How one invocation of a stage runs: its limits, its log interval, its device.
+struct StageRun<'a> {
     limits: Limits,
     log_every: u64,
-    device: &Device,
-) -> Result<Option<PathBuf>> {
+    device: &'a Device,
+}
+
+fn vae_stage(config: &Path, out: &Path, resume: bool, run: &StageRun) -> Result<Option<PathBuf>> {
     let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
-    let limits = limits.checked()?;
+    let limits = run.limits.checked()?;
     cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
     cfg.stop_at = limits.stop_at.or(cfg.stop_at);
     check_checkpoint(out, resume, "train vae")?;
-    let mut printer = StepPrinter::new("vae", log_every);
-    let summary = run_vae_training_on(&cfg, out, resume, device, &mut |e| match e {
+    let mut printer = StepPrinter::new("vae", run.log_every);
+    let summary = run_vae_training_on(&cfg, out, resume, run.device, &mut |e| match e {
         VaeEvent::Train(t) => printer.event(t),
         VaeEvent::Eval(r) => {
             println!("vae: held-out PSNR at step {}: mean {:.2} dB, min {:.2} dB", r.step, r.mean_psnr_db, r.min_psnr_db)
@@ -493,9 +495,7 @@ fn dit_stage(
     vae: &Path,
     out: &Path,
     resume: bool,
-    limits: Limits,
-    log_every: u64,
-    device: &Device,
+    run: &StageRun,
 ) -> Result<Option<PathBuf>> {
     ensure!(
         latents.join("cache.json").is_file(),
@@ -506,15 +506,15 @@ fn dit_stage(
     check_checkpoint(out, resume, "train dit")?;
     let mut cfg = settings.train.clone();
     cfg.vae = Some(vae.to_path_buf());
-    let limits = limits.checked()?;
+    let limits = run.limits.checked()?;
     cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
     cfg.stop_at = limits.stop_at.or(cfg.stop_at);
-    let mut source = CachedLatents::open(latents, cfg.seed, device)
+    let mut source = CachedLatents::open(latents, cfg.seed, run.device)
         .with_context(|| format!("opening the latent cache {}", latents.display()))?;
     let counts: Vec<String> = source.counts().iter().map(|(a, n)| format!("{n} x {a}")).collect();
     println!("dit: {} cached clips ({})", source.len(), counts.join(", "));
-    let mut printer = StepPrinter::new("dit", log_every);
-    let summary = run_dit_training(&cfg, &mut source, out, resume, device, &mut |e| printer.event(e))
+    let mut printer = StepPrinter::new("dit", run.log_every);
+    let summary = run_dit_training(&cfg, &mut source, out, resume, run.device, &mut |e| printer.event(e))
         .with_context(|| format!("training the DiT into {}", out.display()))?;
     let Some(model) = summary.exported else {
         println!("dit: paused at step {}/{}; continue with --resume", summary.steps, cfg.steps);
@@ -531,6 +531,7 @@ fn all(a: AllArgs) -> Result<()> {
     // read both configs before any work, so a typo fails in a second, not after the VAE
     VaeTrainConfig::from_file(&a.vae_config).with_context(|| format!("reading the VAE config {}", a.vae_config.display()))?;
     let device = parse_device(&a.device.device)?;
+    let run = StageRun { limits: Limits { max_seconds: a.max_seconds, stop_at: None }, log_every: a.log_every, device: &device };
     let dit_out = a.out.join("dit");
     if !a.resume && [a.out.join("vae"), a.out.join("latents"), dit_out.join("checkpoint")].iter().any(|p| p.exists()) {
         bail!("{} already holds a run: add --resume to continue it, or pick another --out", a.out.display());
@@ -549,7 +550,7 @@ fn all(a: AllArgs) -> Result<()> {
         println!("vae: already trained ({}), skipping", vae_dir.display());
     } else {
         let started = a.resume && find_checkpoint(&vae_out.join("checkpoint")).is_some();
-        if vae_stage(&a.vae_config, &vae_out, started, Limits { max_seconds: a.max_seconds, stop_at: None }, a.log_every, &device)?.is_none() {
+        if vae_stage(&a.vae_config, &vae_out, started, &run)?.is_none() {
             return Ok(());
         }
     }
@@ -563,8 +564,7 @@ fn all(a: AllArgs) -> Result<()> {
         return Ok(());
     }
     let started = a.resume && find_checkpoint(&dit_out.join("checkpoint")).is_some();
-    let limits = Limits { max_seconds: a.max_seconds, stop_at: None };
-    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, limits, a.log_every, &device)? {
+    if let Some(model) = dit_stage(&settings, &latents_out, &vae_dir, &dit_out, started, &run)? {
         println!("all: the model is in {}", model.display());
     }
     Ok(())

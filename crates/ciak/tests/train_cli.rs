@@ -157,6 +157,15 @@ fn bad_input_is_one_clear_line() {
     write(&d.join("badspread.json"), &bad_spread);
     fails(ciak(&d, &["train", "dit", "--config", "badspread.json", "--latents", "x", "--vae", "y", "--out", "a"]), "placement_spread");
     fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
+    // --device: an unknown name, and CUDA in a build without it
+    fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--device", "gpu"]), "expected --device cpu or cuda, got `gpu`");
+    fails(
+        ciak(&d, &["train", "dit", "--config", "nogen.json", "--latents", "x", "--vae", "y", "--out", "a", "--device", "cuda:x"]),
+        "expected --device cuda:N, got `cuda:x`",
+    );
+    if !cfg!(feature = "cuda") {
+        fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--out", "a", "--device", "cuda"]), "built without CUDA");
+    }
 
     // the committed settings parse; the run then stops at the missing latent cache
     let committed = repo_root().join("train/dit.json");
