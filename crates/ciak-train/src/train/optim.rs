@@ -108,12 +108,6 @@ impl AdamW {
     /// One update with learning rate `lr`; every gradient is multiplied by `grad_scale` first
     /// (the clipping factor). Parameters without a gradient are left untouched, as in torch.
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        self.step_with(grads, lr, grad_scale, true)
-    }
-
-    /// [`Self::step`]; `fused` lets f32 CPU parameters take one loop per tensor instead of a
-    /// dozen tensor ops (the same f32 arithmetic in the same order, so the same bits).
-    fn step_with(&mut self, grads: &GradStore, lr: f64, grad_scale: f64, fused: bool) -> Result<()> {
         self.t += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
         let bias1 = 1.0 - beta1.powf(self.t as f64);
@@ -124,35 +118,13 @@ impl AdamW {
             // an op such as a strided conv2d directly); detached, so the moments never chain one
             // step's graph into the next (hundreds of MB a step otherwise)
             let g = g.detach();
-            let decay = if p.decay && weight_decay != 0.0 { Some(1.0 - lr * weight_decay) } else { None };
-            let w = p.var.as_tensor().detach();
-            if fused && [&w, &g, &self.m[i], &self.v[i]].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32) {
-                let k = Coefficients {
-                    grad_scale: grad_scale as f32,
-                    beta1: beta1 as f32,
-                    one_minus_beta1: (1.0 - beta1) as f32,
-                    beta2: beta2 as f32,
-                    one_minus_beta2: (1.0 - beta2) as f32,
-                    inv_bias2_sqrt: (1.0 / bias2_sqrt) as f32,
-                    eps: eps as f32,
-                    step: (lr / bias1) as f32,
-                    decay: decay.map(|d| d as f32),
-                };
-                let (w, m, v) = adamw_cpu_f32(&w, &g, &self.m[i], &self.v[i], &k)?;
-                p.var.set(&w)?;
-                self.m[i] = m;
-                self.v[i] = v;
-                continue;
-            }
             let g = if grad_scale != 1.0 { g.affine(grad_scale, 0.0)? } else { g };
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + eps)?;
             let update = ((&m / &denom)? * (lr / bias1))?;
-            let w = match decay {
-                Some(d) => (w * d)?,
-                None => w,
-            };
+            let w = p.var.as_tensor().detach();
+            let w = if p.decay && weight_decay != 0.0 { (w * (1.0 - lr * weight_decay))? } else { w };
             p.var.set(&(w - update)?)?;
             self.m[i] = m;
             self.v[i] = v;
@@ -189,56 +161,13 @@ impl AdamW {
     }
 }
 
-/// One AdamW update's scalars, rounded to f32 as candle's `affine` rounds them.
-struct Coefficients {
-    grad_scale: f32,
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    inv_bias2_sqrt: f32,
-    eps: f32,
-    step: f32,
-    decay: Option<f32>,
-}
-
-/// A tensor's values in row-major order (a copy; CPU tensors).
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
-/// New (weights, m, v) of one f32 CPU parameter: the tensor-op path of [`AdamW::step`] as one
-/// loop, operation for operation.
-fn adamw_cpu_f32(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefficients) -> Result<(Tensor, Tensor, Tensor)> {
-    let (mut wv, gv, mut mv, mut vv) = (values(w)?, values(g)?, values(m)?, values(v)?);
-    for (((w, &g), m), v) in wv.iter_mut().zip(&gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-        let g = if k.grad_scale != 1.0 { g * k.grad_scale + 0.0 } else { g };
-        *m = (*m * k.beta1 + 0.0) + (g * k.one_minus_beta1 + 0.0);
-        *v = (*v * k.beta2 + 0.0) + ((g * g) * k.one_minus_beta2 + 0.0);
-        let denom = (v.sqrt() * k.inv_bias2_sqrt + 0.0) * 1.0 + k.eps;
-        let update = (*m / denom) * k.step + 0.0;
-        if let Some(d) = k.decay {
-            *w = *w * d + 0.0;
-        }
-        *w -= update;
-    }
-    let shape = w.shape();
-    let dev = w.device();
-    Ok((Tensor::from_vec(wv, shape, dev)?, Tensor::from_vec(mv, shape, dev)?, Tensor::from_vec(vv, shape, dev)?))
-}
-
 /// The global L2 norm of the gradients of `params` (missing gradients count as zero), in f64.
 pub fn grad_norm(grads: &GradStore, params: &[Param]) -> Result<f64> {
-    let present: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p.var.as_tensor())).collect();
-    if present.iter().all(|g| g.device().is_cpu() && g.dtype() == DType::F32) {
-        // one pass over each gradient instead of a squared copy and a reduction
-        let mut total = 0f64;
-        for g in present {
-            total += values(g)?.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
-        }
-        return Ok(total.sqrt());
-    }
-    let sums = present.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+    let sums = params
+        .iter()
+        .filter_map(|p| grads.get(p.var.as_tensor()))
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+        .collect::<Result<Vec<_>>>()?;
     if sums.is_empty() {
         return Ok(0.0);
     }
@@ -307,18 +236,7 @@ impl Ema {
     pub fn update(&mut self, params: &[Param]) -> Result<()> {
         let d = self.current_decay();
         for (s, p) in self.shadow.iter_mut().zip(params) {
-            let w = p.var.as_tensor().detach();
-            *s = if s.device().is_cpu() && s.dtype() == DType::F32 && w.dtype() == DType::F32 {
-                // one loop instead of three tensor ops, the same f32 arithmetic
-                let (keep, take) = (d as f32, (1.0 - d) as f32);
-                let mut sv = values(s)?;
-                for (a, &b) in sv.iter_mut().zip(&values(&w)?) {
-                    *a = (*a * keep + 0.0) + (b * take + 0.0);
-                }
-                Tensor::from_vec(sv, s.shape(), s.device())?
-            } else {
-                ((&*s * d)? + (w * (1.0 - d))?)?
-            };
+            *s = ((&*s * d)? + (p.var.as_tensor().detach() * (1.0 - d))?)?;
         }
         self.updates += 1;
         Ok(())
@@ -397,34 +315,6 @@ mod tests {
             assert!((got[i] - want[i]).abs() < 1e-12, "p[{i}] = {} want {}", got[i], want[i]);
         }
         assert_eq!(opt.steps(), 2);
-        Ok(())
-    }
-
-    /// The fused f32 CPU loop gives the bits of the tensor-op path (decay on and off, clipping).
-    #[test]
-    fn fused_cpu_adamw_matches_the_tensor_ops() -> Result<()> {
-        let dev = Device::Cpu;
-        let run = |fused: bool| -> Result<Vec<Vec<f32>>> {
-            let a = Var::from_tensor(&Tensor::new(&[[0.3f32, -1.2, 2.5], [0.01, -0.7, 1.9]], &dev)?)?;
-            let b = Var::from_tensor(&Tensor::new(&[0.5f32, -0.25, 4.0], &dev)?)?;
-            let params = vec![Param::new("layer.weight", a.clone()), Param::new("layer.bias", b.clone())];
-            let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.05 };
-            let mut opt = AdamW::new(params, cfg)?;
-            for step in 0..4 {
-                let loss = ((a.as_tensor().sqr()?.sum_all()? * 3.0)? + b.as_tensor().powf(4.0)?.sum_all()?)?;
-                let grads = loss.backward()?;
-                let scale = if step % 2 == 0 { 0.37 } else { 1.0 };
-                opt.step_with(&grads, 1e-2 * (step + 1) as f64, scale, fused)?;
-            }
-            let mut out = vec![a.as_tensor().flatten_all()?.to_vec1()?, b.as_tensor().to_vec1()?];
-            out.extend(opt.m.iter().chain(&opt.v).map(|t| t.flatten_all().unwrap().to_vec1().unwrap()));
-            Ok(out)
-        };
-        let (fused, ops) = (run(true)?, run(false)?);
-        for (x, y) in fused.iter().zip(&ops) {
-            let bits = |v: &Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(x), bits(y), "fused {x:?} vs tensor ops {y:?}");
-        }
         Ok(())
     }
 
