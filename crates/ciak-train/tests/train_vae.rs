@@ -4,14 +4,14 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use ciak_engine::loader::{load_varbuilder, read_config};
 use ciak_models::wan::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use ciak_train::train::latents::{
-    build_latent_cache, encode_scene, encode_scenes, load_vae, CacheDType, CacheManifest, CachedLatents, LatentCacheConfig,
+    build_latent_cache, encode_scene, load_vae, CacheDType, CacheManifest, CachedLatents, LatentCacheConfig,
 };
 use ciak_train::train::lossplot::read_loss_csv;
 use ciak_train::train::vae::{
     clip_tensor, run_vae_training, training_batch, VaeArch, VaeEvent, VaeLossWeights, VaeTrainConfig, VaeTrainer,
 };
 use ciak_train::train::{LatentSource, TrainEvent};
-use ciak_train::world::{render, Aspect, SamplerConfig, Scene};
+use ciak_train::world::{render, SamplerConfig, Scene};
 use ciak_train::{sample, Split};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -241,24 +241,6 @@ fn fixture_vae() -> PathBuf {
     let path = repo_root().join("tests/fixtures/tiny-wan/vae");
     assert!(path.join("config.json").is_file(), "missing fixture {} (see tests/fixtures/README.md)", path.display());
     path
-}
-
-/// The GPU's batched encode gives each clip what encoding it alone gives.
-#[test]
-fn batched_encode_matches_one_clip_at_a_time() {
-    let dev = Device::Cpu;
-    let vae = load_vae(&fixture_vae(), &dev).unwrap();
-    let sampler = SamplerConfig { aspects: vec![Aspect::Square], ..SamplerConfig::default() };
-    let scenes: Vec<Scene> = (0..3).map(|i| sample(5, i, &sampler, Split::Train).scene).collect();
-    let refs: Vec<&Scene> = scenes.iter().collect();
-    let batched = encode_scenes(&vae, &refs).unwrap();
-    assert_eq!(batched.len(), 3);
-    for (scene, got) in scenes.iter().zip(&batched) {
-        let want = encode_scene(&vae, scene).unwrap();
-        assert_eq!(got.dims(), want.dims());
-        let err = max_abs(&(got - &want).unwrap());
-        assert!(err <= 1e-4 * max_abs(&want).max(1.0), "batched vs single: max abs error {err}");
-    }
 }
 
 #[test]

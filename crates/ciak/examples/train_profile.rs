@@ -11,10 +11,10 @@ use candle_core::{DType, Device, Module, Tensor, Var, D};
 use ciak_models::wan::ops;
 use ciak_train::train::dit::{DitTrainer, SyntheticLatents};
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::latents::{encode_scenes, load_vae};
+use ciak_train::train::latents::load_vae;
 use ciak_train::train::vae::clip_tensor;
 use ciak_train::train::{CachedLatents, DitTrainConfig, LatentSource};
-use ciak_train::{render, sample, SamplerConfig, Scene, Split};
+use ciak_train::{render, sample, SamplerConfig, Split};
 use std::time::Instant;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -149,22 +149,16 @@ fn main() -> Res<()> {
 
     if let Some(vae_dir) = args.get(5).filter(|a| *a != "-") {
         let vae = load_vae(std::path::Path::new(vae_dir), &device)?;
-        let scenes: Vec<_> = (0..16).map(|i| sample(1, i, &SamplerConfig::default(), Split::Train).scene).collect();
+        let scene = sample(1, 0, &SamplerConfig::default(), Split::Train).scene;
         let render_ms = time_ms(&device, 5, || {
-            render(&scenes[0]);
+            render(&scene);
             Ok(())
         })?;
-        let x = clip_tensor(&render(&scenes[0]), &device)?;
+        let x = clip_tensor(&render(&scene), &device)?;
         let encode_ms = time_ms(&device, 3, || Ok(vae.encode(&x).map(|_| ())?))?;
-        let wide: Vec<&Scene> = scenes.iter().filter(|s| s.aspect == scenes[0].aspect).collect();
-        let batch_ms = time_ms(&device, 3, || Ok(encode_scenes(&vae, &wide).map(|_| ())?))?;
-        println!(
-            "== VAE encode of {:?} clips: render {render_ms:.1} ms; encode one {encode_ms:.1} ms; {} at once {batch_ms:.1} ms ({:.1} ms per clip, render included)",
-            x.dims(),
-            wide.len(),
-            batch_ms / wide.len() as f64
-        );
+        println!("== VAE encode of a {:?} clip: render {render_ms:.1} ms, encode {encode_ms:.1} ms", x.dims());
     }
+
     if let Some(dir) = args.get(6) {
         let mut cache = CachedLatents::open(std::path::Path::new(dir), 1, &device)?;
         for &b in &batches {

@@ -172,22 +172,10 @@ pub fn load_vae(vae_dir: &Path, device: &Device) -> Result<AutoencoderKLWan> {
 ///
 /// Shapes: -> [C, F', H/8, W/8] f32.
 pub fn encode_scene(vae: &AutoencoderKLWan, scene: &Scene) -> Result<Tensor> {
-    Ok(encode_scenes(vae, &[scene])?.remove(0))
+    let x = clip_tensor(&render(scene), vae.device())?;
+    let (mean, _) = vae.encode(&x)?;
+    Ok(vae.normalize_latents(&mean.to_dtype(DType::F32)?)?.squeeze(0)?)
 }
-
-/// [`encode_scene`] for scenes of one size, encoded as one batch (a GPU is busy only with a
-/// few clips at a time at these sizes).
-///
-/// Shapes: -> one [C, F', H/8, W/8] f32 per scene.
-pub fn encode_scenes(vae: &AutoencoderKLWan, scenes: &[&Scene]) -> Result<Vec<Tensor>> {
-    let clips = scenes.iter().map(|s| clip_tensor(&render(s), vae.device())).collect::<Result<Vec<_>>>()?;
-    let (mean, _) = vae.encode(&Tensor::cat(&clips, 0)?)?;
-    let z = vae.normalize_latents(&mean.to_dtype(DType::F32)?)?;
-    Ok((0..scenes.len()).map(|i| z.i(i)).collect::<candle_core::Result<Vec<_>>>()?)
-}
-
-/// Clips encoded per batch on a GPU (one at a time on the CPU, where batching gains nothing).
-const GPU_ENCODE_BATCH: usize = 16;
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -282,23 +270,20 @@ pub fn build_latent_cache(
             continue;
         }
         let mut rows = Vec::with_capacity(items.len());
-        let per = if device.is_cpu() { 1 } else { GPU_ENCODE_BATCH };
-        for chunk in items.chunks(per) {
-            let scenes: Vec<&Scene> = chunk.iter().map(|item| &item.scene).collect();
-            for (item, z) in chunk.iter().zip(encode_scenes(&vae, &scenes)?) {
-                if z.dims() != info.latent_shape {
-                    return Err(TrainError::Data(format!(
-                        "item {}: expected latents {:?}, got {:?}",
-                        item.index,
-                        info.latent_shape,
-                        z.dims()
-                    )));
-                }
-                rows.push(z.to_dtype(cfg.dtype.dtype())?);
-                done += 1;
-                encoded += 1;
-                progress(done, cfg.clips);
+        for item in items {
+            let z = encode_scene(&vae, &item.scene)?;
+            if z.dims() != info.latent_shape {
+                return Err(TrainError::Data(format!(
+                    "item {}: expected latents {:?}, got {:?}",
+                    item.index,
+                    info.latent_shape,
+                    z.dims()
+                )));
             }
+            rows.push(z.to_dtype(cfg.dtype.dtype())?);
+            done += 1;
+            encoded += 1;
+            progress(done, cfg.clips);
         }
         let mut tensors = HashMap::new();
         tensors.insert("latents".to_string(), Tensor::stack(&rows, 0)?);
