@@ -110,6 +110,20 @@ impl Module for Conv2d {
 /// ~1.05 s with 256 KiB (per-band overhead) and ~2.2-2.5 s with 16 MiB (cache misses).
 const COL_BUDGET_BYTES: usize = 2 << 20;
 
+/// The same bound on a GPU, where a band costs a few kernel launches whatever its size and the
+/// cache is not the limit: 2 MiB bands made the built-in 4x VAE encode a clip in ~120 ms on an
+/// H200 (hundreds of tiny GEMMs per conv), batching clips gained nothing. 256 MiB keeps a
+/// 224x128 frame in one band and bounds a 480x832 Wan decode's buffers.
+const GPU_COL_BUDGET_BYTES: usize = 256 << 20;
+
+fn col_budget(device: &candle_core::Device) -> usize {
+    if device.is_cpu() {
+        COL_BUDGET_BYTES
+    } else {
+        GPU_COL_BUDGET_BYTES
+    }
+}
+
 /// Convolution as im2col + GEMM: stride 1 in space, `stride_t` in time, no time padding
 /// (callers pad), symmetric spatial padding `pad`.
 ///
@@ -146,7 +160,7 @@ fn conv_gemm(
     let flat = x.reshape((t_in, c, hp * wp))?;
     let kk9 = c * k * k;
     let bytes_per_row = t_in * kk9 * wp * seq.dtype().size_in_bytes();
-    let band = (COL_BUDGET_BYTES / bytes_per_row.max(1)).clamp(1, h_out);
+    let band = (col_budget(seq.device()) / bytes_per_row.max(1)).clamp(1, h_out);
     let mut outs = Vec::with_capacity(h_out.div_ceil(band));
     for r0 in (0..h_out).step_by(band) {
         let rows = band.min(h_out - r0);
