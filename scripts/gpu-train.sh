@@ -54,13 +54,21 @@ latents() {
   say "$bin train latents --count $1"
   "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --placement-spread "${SPREAD:-0.25}" --out "$2"
 }
-latents "$clips" "$lat" >"$work/latents.log" 2>&1 &
-pid=$!
-sleep 20
+if [ -f "$lat/cache.json" ]; then
+  say "reusing the latent cache in $lat (an earlier call on this machine)"
+  : >"$work/latents.log"
+  pid=
+else
+  latents "$clips" "$lat" >"$work/latents.log" 2>&1 &
+  pid=$!
+  sleep 20
+fi
 lrate=$(grep -o '[0-9.]* clips/s' "$work/latents.log" | tail -1 | cut -d' ' -f1)
 lrate=${lrate:-1}  # no progress line yet: slow
 max_s=${LATENT_SECONDS:-150}
-if kill -0 $pid 2>/dev/null && [ -n "$lrate" ] && python3 -c "import sys; sys.exit(0 if $clips / $lrate > $max_s else 1)"; then
+if [ -z "$pid" ]; then
+  :
+elif kill -0 $pid 2>/dev/null && [ -n "$lrate" ] && python3 -c "import sys; sys.exit(0 if $clips / $lrate > $max_s else 1)"; then
   kill $pid; wait $pid 2>/dev/null
   clips=$(python3 -c "print(max(64, int($lrate * ($max_s - 20))))")
   say "latents at $lrate clips/s: starting over with $clips clips"
@@ -94,6 +102,7 @@ EOF
 
 # 4. the run (a checkpoint and an export of what there is if the budget runs out first)
 run=$work/run
+rm -rf "$run"
 max_s=$(( $(left) - 40 )); [ "$max_s" -ge 10 ] || max_s=10
 step $(( max_s + 70 )) "$bin" train dit --device "$dev" --config "$work/config.json" --latents "$lat" --vae "$vae" \
   --out "$run" --max-seconds "$max_s" --log-every 200
