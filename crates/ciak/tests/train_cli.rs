@@ -167,11 +167,13 @@ fn bad_input_is_one_clear_line() {
         fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--out", "a", "--device", "cuda"]), "built without CUDA");
     }
 
-    // the committed settings parse; the run then stops at the missing latent cache
-    let committed = repo_root().join("train/dit.json");
-    let c = committed.to_str().unwrap();
-    fails(ciak(&d, &["train", "dit", "--config", c, "--latents", "nowhere", "--vae", "y", "--out", "b"]), "expected a latent cache");
-    assert!(d.join("b/tokenizer.json").is_file());
+    // every committed DiT setting parses; the run then stops at the missing latent cache
+    for name in ["dit.json", "dit-stage2.json", "dit-p4.json", "dit-x4.json", "dit-x4-gpu.json"] {
+        let committed = repo_root().join("train").join(name);
+        let c = committed.to_str().unwrap();
+        fails(ciak(&d, &["train", "dit", "--config", c, "--latents", "nowhere", "--vae", "y", "--out", "b"]), "expected a latent cache");
+        assert!(d.join("b/tokenizer.json").is_file(), "{name}");
+    }
 
     // a fresh run into a folder holding a checkpoint, and resuming a cache that is not there
     std::fs::create_dir_all(d.join("c/checkpoint")).unwrap();
