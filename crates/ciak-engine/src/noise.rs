@@ -4,6 +4,16 @@
 //! computed in f64 and rounded to f32, written in row-major order.
 use candle_core::{Device, Result, Shape, Tensor};
 
+/// SplitMix64's increment: draw k of a stream that starts at state `s` is `mix(s + k * GOLDEN)`.
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -12,11 +22,8 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix(self.0)
     }
 
     /// Uniform in (0, 1]: never 0, so the logarithm below is finite.
@@ -25,20 +32,46 @@ impl SplitMix64 {
     }
 }
 
+/// Below this many Box-Muller pairs one thread draws them all.
+const PARALLEL_PAIRS: usize = 1 << 16;
+
+/// `n` standard normals of the stream that starts at SplitMix64 state `state` (the module's
+/// definition: pairs of uniforms, both Box-Muller branches). The stream is a counter, so long
+/// draws are cut into chunks that threads fill independently: the same numbers as one thread
+/// drawing them in order, on any thread count. The draw uses `2 * n.div_ceil(2)` states.
+pub fn normals(state: u64, n: usize) -> Vec<f32> {
+    let pairs = n.div_ceil(2);
+    let mut out = vec![0f32; 2 * pairs];
+    let fill = |first_pair: usize, chunk: &mut [f32]| {
+        let mut rng = SplitMix64::new(state.wrapping_add(GOLDEN.wrapping_mul(2 * first_pair as u64)));
+        for pair in chunk.chunks_exact_mut(2) {
+            let r = (-2.0 * rng.next_open01().ln()).sqrt();
+            let theta = std::f64::consts::TAU * rng.next_open01();
+            pair[0] = (r * theta.cos()) as f32;
+            pair[1] = (r * theta.sin()) as f32;
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+    if threads == 1 || pairs < PARALLEL_PAIRS {
+        fill(0, &mut out);
+    } else {
+        let per = pairs.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (i, chunk) in out.chunks_mut(2 * per).enumerate() {
+                let fill = &fill;
+                s.spawn(move || fill(i * per, chunk));
+            }
+        });
+    }
+    out.truncate(n);
+    out
+}
+
 /// Standard normal noise of `shape` from `seed` (f32, on `device`).
 pub fn gaussian(seed: u64, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
     let shape = shape.into();
     let n = shape.elem_count();
-    let mut rng = SplitMix64::new(seed);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let r = (-2.0 * rng.next_open01().ln()).sqrt();
-        let theta = std::f64::consts::TAU * rng.next_open01();
-        out.push((r * theta.cos()) as f32);
-        out.push((r * theta.sin()) as f32);
-    }
-    out.truncate(n);
-    Tensor::from_vec(out, shape, device)
+    Tensor::from_vec(normals(seed, n), shape, device)
 }
 
 #[cfg(test)]

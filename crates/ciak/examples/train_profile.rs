@@ -2,8 +2,7 @@
 //! (batch, noise, forward, backward, grad_norm, optimizer, ema) at several batch sizes, on
 //! synthetic latents or on a latent cache (LATENTS), then
 //! single ops of the training graph (forward + backward) at the config's real shapes, then the
-//! VAE encode of the latent cache (render vs encode) when a VAE folder is given, then batches
-//! served by a latent cache when one is given.
+//! VAE encode of the latent cache (render vs encode) when a VAE folder is given.
 //!
 //! `cargo run --release -p ciak --example train_profile -- CONFIG DEVICE [BATCHES] [STEPS] [VAE] [LATENTS]`
 //! e.g. `... train/dit-x4-gpu.json cuda 4,32,64 6 .gpu/vae` (with `--features cuda`).
@@ -93,9 +92,9 @@ fn main() -> Res<()> {
             Some(dir) => Box::new(CachedLatents::open(std::path::Path::new(dir), cfg.seed, &device)?),
             None => Box::new(SyntheticLatents::new(cfg.seed, latent, captions, &device)?),
         };
-        trainer.profile_step(source.as_mut(), &device)?;
+        trainer.profile_step(source.as_mut())?;
         let runs: Vec<Vec<(&str, f64)>> =
-            (0..steps).map(|_| trainer.profile_step(source.as_mut(), &device)).collect::<Result<_, _>>()?;
+            (0..steps).map(|_| trainer.profile_step(source.as_mut())).collect::<Result<_, _>>()?;
         let mut line = format!("batch {b:4}:");
         let mut total = 0.0;
         for (i, (name, _)) in runs[0].iter().enumerate() {
@@ -114,13 +113,9 @@ fn main() -> Res<()> {
     let [pt, ph, pw] = t.patch_size;
     let l = (f / pt) * (h / ph) * (w / pw);
     println!("== single ops at batch {b} ({l} tokens, width {dim}): forward ms, backward ms");
-    let lin = ops::Linear::new(
-        TrainRng::new(5).gaussian(&[t.ffn_dim, dim], &device)?.affine(0.05, 0.0)?,
-        Some(Tensor::zeros(t.ffn_dim, DType::F32, &device)?),
-    );
-    let lin_w = Var::from_tensor(lin.weight())?;
-    let lin_b = Var::from_tensor(lin.bias().ok_or("bias")?)?;
-    let lin_v = ops::Linear::new(lin_w.as_tensor().clone(), Some(lin_b.as_tensor().clone()));
+    let lin_w = Var::from_tensor(&TrainRng::new(5).gaussian(&[t.ffn_dim, dim], &device)?.affine(0.05, 0.0)?)?;
+    let lin_b = Var::zeros(t.ffn_dim, DType::F32, &device)?;
+    let lin = ops::Linear::new(lin_w.as_tensor().clone(), Some(lin_b.as_tensor().clone()));
     let ln_w = Var::from_tensor(&Tensor::ones(dim, DType::F32, &device)?)?;
     let ln_b = Var::from_tensor(&Tensor::zeros(dim, DType::F32, &device)?)?;
     let modulation = Var::from_tensor(&TrainRng::new(6).gaussian(&[b, 1, dim], &device)?)?;
@@ -130,7 +125,7 @@ fn main() -> Res<()> {
     };
     let kt = TrainRng::new(7).gaussian(&[b, heads, hd, l], &device)?;
     let cases: Vec<(&str, Vec<usize>, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>)> = vec![
-        ("linear (weights tracked)", vec![b, l, dim], Box::new(|x| lin_v.forward(x))),
+        ("linear (weights tracked)", vec![b, l, dim], Box::new(|x| lin.forward(x))),
         ("gelu", vec![b, l, t.ffn_dim], Box::new(ops::gelu)),
         ("layer_norm", vec![b, l, dim], Box::new(|x| ops::layer_norm(x, ln_w.as_tensor(), ln_b.as_tensor(), 1e-6))),
         ("rms_norm", vec![b, l, dim], Box::new(|x| ops::rms_norm(x, ln_w.as_tensor(), 1e-6))),
@@ -159,12 +154,5 @@ fn main() -> Res<()> {
         println!("== VAE encode of a {:?} clip: render {render_ms:.1} ms, encode {encode_ms:.1} ms", x.dims());
     }
 
-    if let Some(dir) = args.get(6) {
-        let mut cache = CachedLatents::open(std::path::Path::new(dir), 1, &device)?;
-        for &b in &batches {
-            let ms = time_ms(&device, steps.max(3), || Ok(cache.batch(b).map(|_| ())?))?;
-            println!("== latent cache {dir}: a batch of {b} in {ms:.1} ms ({:.2} ms per clip)", ms / b as f64);
-        }
-    }
     Ok(())
 }

@@ -92,16 +92,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         }
         TrainCommand::Vae(a) => {
-            let device = parse_device(&a.device.device)?;
+            let device = a.device.open()?;
             vae_stage(&a.config, &a.out, a.resume, &StageRun { limits: a.limits, log_every: a.log_every, device: &device })
                 .map(|_| ())
         }
         TrainCommand::Latents(a) => {
-            let device = parse_device(&a.device.device)?;
+            let device = a.device.open()?;
             latents_stage(&a.vae, a.count, a.seed, a.placement_spread, &a.out, a.resume, &device)
         }
         TrainCommand::Dit(a) => {
-            let device = parse_device(&a.device.device)?;
+            let device = a.device.open()?;
             let settings = read_dit_settings(&a.config, &a.out)?;
             let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
             dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, &run).map(|_| ())
@@ -327,6 +327,12 @@ pub struct DeviceArg {
     pub device: String,
 }
 
+impl DeviceArg {
+    fn open(&self) -> Result<Device> {
+        parse_device(&self.device)
+    }
+}
+
 /// "1h02m", "3m05s", "12s".
 fn hms(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -530,7 +536,7 @@ fn dit_stage(
 fn all(a: AllArgs) -> Result<()> {
     // read both configs before any work, so a typo fails in a second, not after the VAE
     VaeTrainConfig::from_file(&a.vae_config).with_context(|| format!("reading the VAE config {}", a.vae_config.display()))?;
-    let device = parse_device(&a.device.device)?;
+    let device = a.device.open()?;
     let run = StageRun { limits: Limits { max_seconds: a.max_seconds, stop_at: None }, log_every: a.log_every, device: &device };
     let dit_out = a.out.join("dit");
     if !a.resume && [a.out.join("vae"), a.out.join("latents"), dit_out.join("checkpoint")].iter().any(|p| p.exists()) {

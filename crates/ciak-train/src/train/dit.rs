@@ -634,7 +634,8 @@ impl DitTrainer {
     /// its queued work, then the phase's wall time is recorded (batch, noise, forward, backward,
     /// grad_norm, optimizer, ema). The synchronisations make the step a little slower than an
     /// unprofiled one; the split is what they are for.
-    pub fn profile_step(&mut self, source: &mut dyn LatentSource, device: &Device) -> Result<Vec<(&'static str, f64)>> {
+    pub fn profile_step(&mut self, source: &mut dyn LatentSource) -> Result<Vec<(&'static str, f64)>> {
+        let device = self.params[0].var.device().clone();
         let mut phases = Vec::new();
         let mut last = Instant::now();
         self.train_step_marked(source, &mut |name| {

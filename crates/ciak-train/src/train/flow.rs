@@ -14,22 +14,10 @@
 
 use super::Result;
 use candle_core::{DType, Device, Tensor};
+use ciak_engine::noise::{mix, GOLDEN};
 use serde::{Deserialize, Serialize};
 
 /// A seeded generator whose whole state is one `u64` (SplitMix64), so a checkpoint saves it.
-/// SplitMix64's increment: draw k of a stream is `mix(state + k * GOLDEN)`.
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Below this many Box-Muller pairs one thread draws them all.
-const PARALLEL_PAIRS: usize = 1 << 16;
-
-/// SplitMix64's output function.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrainRng {
     pub state: u64,
@@ -61,36 +49,11 @@ impl TrainRng {
         r * (std::f64::consts::TAU * self.open01()).cos()
     }
 
-    /// `n` standard normals as f32, both Box-Muller branches used. SplitMix64 is a counter
-    /// (draw k is `mix(state + k * GOLDEN)`), so long runs are cut into chunks that threads fill
-    /// independently: the same numbers as one thread drawing them in order, on any thread count.
+    /// `n` standard normals as f32, both Box-Muller branches used: the engine's seed-to-noise
+    /// stream from the current state (threaded, see [`ciak_engine::noise::normals`]).
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
-        let pairs = n.div_ceil(2);
-        let mut out = vec![0f32; 2 * pairs];
-        let start = self.state;
-        let fill = |first_pair: usize, chunk: &mut [f32]| {
-            let mut rng = TrainRng { state: start.wrapping_add(GOLDEN.wrapping_mul(2 * first_pair as u64)) };
-            for pair in chunk.chunks_exact_mut(2) {
-                let r = (-2.0 * rng.open01().ln()).sqrt();
-                let theta = std::f64::consts::TAU * rng.open01();
-                pair[0] = (r * theta.cos()) as f32;
-                pair[1] = (r * theta.sin()) as f32;
-            }
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
-        if threads == 1 || pairs < PARALLEL_PAIRS {
-            fill(0, &mut out);
-        } else {
-            let per = pairs.div_ceil(threads);
-            std::thread::scope(|s| {
-                for (i, chunk) in out.chunks_mut(2 * per).enumerate() {
-                    let fill = &fill;
-                    s.spawn(move || fill(i * per, chunk));
-                }
-            });
-        }
-        self.state = start.wrapping_add(GOLDEN.wrapping_mul(2 * pairs as u64));
-        out.truncate(n);
+        let out = ciak_engine::noise::normals(self.state, n);
+        self.state = self.state.wrapping_add(GOLDEN.wrapping_mul(2 * n.div_ceil(2) as u64));
         out
     }
 
@@ -206,7 +169,8 @@ mod tests {
     /// draw leaves it (odd counts too).
     #[test]
     fn threaded_normals_are_the_serial_stream() {
-        for n in [1usize, 7, 2 * PARALLEL_PAIRS + 3, 5 * PARALLEL_PAIRS] {
+        // the engine threads draws from 1 << 16 pairs on
+        for n in [1usize, 7, 2 * (1 << 16) + 3, 5 << 16] {
             let mut threaded = TrainRng::new(42);
             let got = threaded.normals(n);
             let mut serial = TrainRng::new(42);
