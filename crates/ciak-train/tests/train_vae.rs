@@ -8,7 +8,8 @@ use ciak_train::train::latents::{
 };
 use ciak_train::train::lossplot::read_loss_csv;
 use ciak_train::train::vae::{
-    clip_tensor, run_vae_training, training_batch, VaeArch, VaeEvent, VaeLossWeights, VaeTrainConfig, VaeTrainer,
+    clip_tensor, run_vae_training, training_batch, VaeArch, VaeEvent, VaeLossWeights, VaeTrainConfig, VaeTrainPart,
+    VaeTrainer,
 };
 use ciak_train::train::{LatentSource, TrainEvent};
 use ciak_train::world::{render, SamplerConfig, Scene};
@@ -51,6 +52,8 @@ fn tiny_config() -> VaeTrainConfig {
         stop_at: None,
         init_logvar: Some(-4.0),
         image_batch: 2,
+        init_from: None,
+        train: VaeTrainPart::All,
     }
 }
 
@@ -234,6 +237,67 @@ fn run_resumes_and_exports_a_folder_the_engine_loads() {
     let n = vae.normalize_latents(&mu).unwrap();
     let rms = n.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
     assert!((0.2..5.0).contains(&rms), "normalised latent rms {rms}");
+}
+
+/// A decoder fine-tune starts from a trained folder, changes only the decoder side and exports
+/// the folder's own latent statistics, so latent caches and DiTs made with it stay valid.
+#[test]
+fn decoder_fine_tune_keeps_the_encoder_and_its_latent_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    run_vae_training(&VaeTrainConfig { steps: 2, ..tiny_config() }, &base, false, &mut |_| {}).unwrap();
+    let fine = VaeTrainConfig {
+        init_from: Some(base.join("vae")),
+        train: VaeTrainPart::Decoder,
+        seed: 5,
+        ..tiny_config()
+    };
+    let out = tmp.path().join("fine");
+    let summary = run_vae_training(&fine, &out, false, &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, fine.steps);
+    let dev = Device::Cpu;
+    let load = |dir: &Path| candle_core::safetensors::load(dir.join("diffusion_pytorch_model.safetensors"), &dev).unwrap();
+    let (before, after) = (load(&base.join("vae")), load(&out.join("vae")));
+    assert_eq!(before.len(), after.len());
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (mut same, mut changed) = (0, 0);
+    for (name, t) in &before {
+        let equal = values(t) == values(&after[name]);
+        if VaeTrainPart::Decoder.trains(name) {
+            changed += usize::from(!equal);
+        } else {
+            assert!(equal, "`{name}` is frozen and must not change");
+            same += 1;
+        }
+    }
+    assert!(same > 0 && changed > 0, "{same} frozen, {changed} trained weights changed");
+    let (a, b): (AutoencoderKLWanConfig, AutoencoderKLWanConfig) =
+        (read_config(&base.join("vae")).unwrap(), read_config(&out.join("vae")).unwrap());
+    assert_eq!((a.latents_mean, a.latents_std), (b.latents_mean, b.latents_std), "same latent statistics");
+    // the number reported is what the optimizer trains
+    let trained: usize = after.iter().filter(|(n, _)| VaeTrainPart::Decoder.trains(n)).map(|(_, t)| t.elem_count()).sum();
+    assert_eq!(summary.parameters, trained);
+
+    // resuming with the other part is refused; so are a decoder run without a folder and a
+    // folder of another architecture
+    let err = run_vae_training(&VaeTrainConfig { train: VaeTrainPart::All, ..fine.clone() }, &out, true, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train Decoder in the checkpoint, All in the config"), "{err}");
+    let err = VaeTrainer::new(&VaeTrainConfig { init_from: None, ..fine.clone() }, &dev).err().unwrap().to_string();
+    assert!(err.contains("expected init_from"), "{err}");
+    let other = VaeTrainConfig { init_from: Some(fixture_vae()), ..fine.clone() };
+    let err = VaeTrainer::new(&other, &dev).err().expect("another architecture is refused").to_string();
+    assert!(err.contains("expected a VAE of (base_dim"), "{err}");
+
+    // a config file names the folder relative to itself
+    let file = tmp.path().join("fine.json");
+    let mut json = serde_json::to_value(&fine).unwrap();
+    json["init_from"] = "base/vae".into();
+    std::fs::write(&file, json.to_string()).unwrap();
+    let read = VaeTrainConfig::from_file(&file).unwrap();
+    assert_eq!(read.init_from.as_deref(), Some(tmp.path().join("base/vae").as_path()));
+    assert_eq!(read.train, VaeTrainPart::Decoder);
 }
 
 /// The parity fixtures' tiny VAE (base_dim 8, real Wan latent statistics).

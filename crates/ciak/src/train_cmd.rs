@@ -93,7 +93,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Vae(a) => {
             let device = a.device.open()?;
-            vae_stage(&a.config, &a.out, a.resume, &StageRun { limits: a.limits, log_every: a.log_every, device: &device })
+            let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
+            vae_stage(&a.config, a.init_from.as_deref(), &a.out, a.resume, &run)
                 .map(|_| ())
         }
         TrainCommand::Latents(a) => {
@@ -240,6 +241,10 @@ pub struct VaeArgs {
     /// Continue the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Start from this trained VAE folder (overrides the config's `init_from`); a config with
+    /// `"train": "decoder"` fine-tunes its decoder and keeps its encoder and latent space.
+    #[arg(long, value_name = "DIR")]
+    pub init_from: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
     /// Print every Nth step (the first and last always).
@@ -426,8 +431,12 @@ struct StageRun<'a> {
     device: &'a Device,
 }
 
-fn vae_stage(config: &Path, out: &Path, resume: bool, run: &StageRun) -> Result<Option<PathBuf>> {
+fn vae_stage(config: &Path, init_from: Option<&Path>, out: &Path, resume: bool, run: &StageRun) -> Result<Option<PathBuf>> {
     let mut cfg = VaeTrainConfig::from_file(config).with_context(|| format!("reading the VAE config {}", config.display()))?;
+    if let Some(dir) = init_from {
+        ensure!(dir.join("config.json").is_file(), "expected --init-from to be a trained VAE folder (with config.json), got {}", dir.display());
+        cfg.init_from = Some(dir.to_path_buf());
+    }
     let limits = run.limits.checked()?;
     cfg.max_seconds = limits.max_seconds.or(cfg.max_seconds);
     cfg.stop_at = limits.stop_at.or(cfg.stop_at);
@@ -556,7 +565,7 @@ fn all(a: AllArgs) -> Result<()> {
         println!("vae: already trained ({}), skipping", vae_dir.display());
     } else {
         let started = a.resume && find_checkpoint(&vae_out.join("checkpoint")).is_some();
-        if vae_stage(&a.vae_config, &vae_out, started, &run)?.is_none() {
+        if vae_stage(&a.vae_config, None, &vae_out, started, &run)?.is_none() {
             return Ok(());
         }
     }

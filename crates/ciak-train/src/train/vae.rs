@@ -30,6 +30,7 @@ use crate::split::Split;
 use crate::world::{render, Clip, SamplerConfig, Scene};
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use ciak_engine::loader::{read_config, safetensors_files};
 use ciak_models::wan::vae::layers::CausalConv3d;
 use ciak_models::wan::vae::{AutoencoderKLWan, AutoencoderKLWanConfig, Decoder3d};
 use serde::{Deserialize, Serialize};
@@ -185,14 +186,46 @@ pub struct VaeTrainConfig {
     /// `None` keeps PyTorch's default init (log-variance near 0, posterior std near 1).
     #[serde(default)]
     pub init_logvar: Option<f64>,
+    /// A trained diffusers `vae/` folder to start from (relative to the config file; its
+    /// architecture must be `vae`); `None`: fresh weights from `seed`.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// Which weights the run trains (see [`VaeTrainPart`]).
+    #[serde(default)]
+    pub train: VaeTrainPart,
+}
+
+/// The weights a VAE run trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaeTrainPart {
+    /// Encoder and decoder.
+    #[default]
+    All,
+    /// The decoder and `post_quant_conv` only, from `init_from`: the encoder keeps its weights,
+    /// so the latent space, its statistics and every latent cache and DiT trained on it stay
+    /// valid, while the decode improves (as Stable Diffusion's fine-tuned decoders were made).
+    Decoder,
+}
+
+impl VaeTrainPart {
+    /// Whether the parameter `name` (diffusers naming) is trained.
+    pub fn trains(self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Decoder => name.starts_with("decoder.") || name.starts_with("post_quant_conv."),
+        }
+    }
 }
 
 impl VaeTrainConfig {
-    /// Reads a JSON config.
+    /// Reads a JSON config; `init_from` is taken from the file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text)
+        let mut cfg: Self = serde_json::from_str(&text)
             .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.init_from = cfg.init_from.map(|v| base.join(v));
         cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
         Ok(cfg)
     }
@@ -343,6 +376,35 @@ impl TrainableVae {
     fn params(&self) -> Vec<Param> {
         sorted_vars(&self.vars).into_iter().map(|(k, v)| Param::new(k, v)).collect()
     }
+
+    /// Sets every weight from a diffusers `vae/` folder of the same architecture and returns its
+    /// latent statistics.
+    fn load_folder(&self, dir: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+        let bad = |message: String| TrainError::Config { path: dir.to_path_buf(), message };
+        let cfg: AutoencoderKLWanConfig = read_config(dir)?;
+        let arch = |c: &AutoencoderKLWanConfig| {
+            (c.base_dim, c.z_dim, c.dim_mult.clone(), c.num_res_blocks, c.temperal_downsample.clone())
+        };
+        if arch(&cfg) != arch(&self.cfg) {
+            return Err(bad(format!(
+                "expected a VAE of (base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample) {:?}, got {:?}",
+                arch(&self.cfg),
+                arch(&cfg)
+            )));
+        }
+        let mut weights = HashMap::new();
+        for file in safetensors_files(dir)? {
+            weights.extend(candle_core::safetensors::load(&file, &self.device)?);
+        }
+        for (name, var) in sorted_vars(&self.vars) {
+            let t = weights.get(&name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))?;
+            if t.dims() != var.dims() {
+                return Err(bad(format!("`{name}`: expected shape {:?}, got {:?}", var.dims(), t.dims())));
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        Ok((cfg.latents_mean, cfg.latents_std))
+    }
 }
 
 impl StepModel {
@@ -388,9 +450,19 @@ fn edge_l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The training loss for clips `x` ([B, 3, T, H, W] in [-1, 1]) and posterior noise `eps`
-/// (shaped like the latents): a scalar that tracks gradients, and its parts.
-fn vae_loss(model: &StepModel, x: &Tensor, eps: &Tensor, w: &VaeLossWeights) -> Result<(Tensor, VaeLossParts)> {
-    let (mean, logvar) = model.vae.encode(x)?;
+/// (shaped like the latents): a scalar that tracks gradients, and its parts. With `part`
+/// `Decoder` no gradient reaches the encoder.
+fn vae_loss(
+    model: &StepModel,
+    x: &Tensor,
+    eps: &Tensor,
+    w: &VaeLossWeights,
+    part: VaeTrainPart,
+) -> Result<(Tensor, VaeLossParts)> {
+    let (mut mean, mut logvar) = model.vae.encode(x)?;
+    if part == VaeTrainPart::Decoder {
+        (mean, logvar) = (mean.detach(), logvar.detach());
+    }
     let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
     let rec = model.decode_unclamped(&z)?;
     let diff = (&rec - x)?;
@@ -619,7 +691,12 @@ pub struct VaeStepStats {
 pub struct VaeTrainer {
     pub cfg: VaeTrainConfig,
     model: TrainableVae,
+    /// The trained weights (optimizer and EMA).
     params: Vec<Param>,
+    /// The weights `cfg.train` leaves as they are.
+    frozen: Vec<Param>,
+    /// `init_from`'s latent statistics, exported as they are when the encoder is frozen.
+    init_stats: Option<(Vec<f64>, Vec<f64>)>,
     opt: AdamW,
     ema: Ema,
     rng: TrainRng,
@@ -631,15 +708,23 @@ impl VaeTrainer {
     /// A fresh run (weights from `cfg.seed`).
     pub fn new(cfg: &VaeTrainConfig, device: &Device) -> Result<Self> {
         cfg.validate().map_err(|message| TrainError::Config { path: PathBuf::new(), message })?;
+        if cfg.train == VaeTrainPart::Decoder && cfg.init_from.is_none() {
+            let message = "expected init_from (a trained VAE folder) with train \"decoder\", got none".into();
+            return Err(TrainError::Config { path: PathBuf::new(), message });
+        }
         let model = TrainableVae::new(cfg.vae.plain_config(), cfg.seed, device)?;
         if let Some(logvar) = cfg.init_logvar {
             model.set_logvar_bias(logvar)?;
         }
-        let params = model.params();
+        let init_stats = match &cfg.init_from {
+            Some(dir) => Some(model.load_folder(dir)?),
+            None => None,
+        };
+        let (params, frozen): (Vec<Param>, Vec<Param>) = model.params().into_iter().partition(|p| cfg.train.trains(&p.name));
         let opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
         let ema = Ema::new(&params, cfg.ema_decay)?;
         let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x7AE5);
-        Ok(Self { cfg: cfg.clone(), model, params, opt, ema, rng, step: 0, seconds: 0.0 })
+        Ok(Self { cfg: cfg.clone(), model, params, frozen, init_stats, opt, ema, rng, step: 0, seconds: 0.0 })
     }
 
     /// Steps done so far.
@@ -676,7 +761,7 @@ impl VaeTrainer {
         let mut parts = VaeLossParts { total: 0.0, l1: 0.0, l2: 0.0, edge: 0.0, kl: 0.0 };
         for x in batch {
             let eps = self.latent_noise(x, rng)?;
-            let (loss, p) = vae_loss(model, x, &eps, &self.cfg.loss)?;
+            let (loss, p) = vae_loss(model, x, &eps, &self.cfg.loss, self.cfg.train)?;
             total = Some(match total {
                 Some(t) => (t + loss)?,
                 None => loss,
@@ -733,12 +818,14 @@ impl VaeTrainer {
 
     /// Current weights by diffusers name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+        self.params.iter().chain(&self.frozen).map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
     }
 
-    /// EMA weights by diffusers name.
+    /// EMA weights by diffusers name (frozen weights as they are).
     pub fn ema_weights(&self) -> HashMap<String, Tensor> {
-        self.ema.tensors(&self.params)
+        let mut w = self.ema.tensors(&self.params);
+        w.extend(self.frozen.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())));
+        w
     }
 
     /// An inference VAE on the EMA weights, with identity latent statistics.
@@ -776,9 +863,12 @@ impl VaeTrainer {
         if state.config.seed != cfg.seed {
             return Err(bad(format!("seed {} in the checkpoint, {} in the config", state.config.seed, cfg.seed)));
         }
+        if state.config.train != cfg.train {
+            return Err(bad(format!("train {:?} in the checkpoint, {:?} in the config", state.config.train, cfg.train)));
+        }
         let mut trainer = Self::new(cfg, device)?;
         let model = ckpt.part("model")?;
-        for p in &trainer.params {
+        for p in trainer.params.iter().chain(&trainer.frozen) {
             let t = model.get(&p.name).ok_or_else(|| bad(format!("model weights have no `{}`", p.name)))?;
             if t.dims() != p.var.dims() {
                 return Err(bad(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.var.dims(), t.dims())));
@@ -800,9 +890,13 @@ impl VaeTrainer {
         Ok(EvalReport::new(self.step, psnr))
     }
 
-    /// Computes the latent statistics with the EMA weights and writes the diffusers folder.
+    /// Computes the latent statistics with the EMA weights (keeps `init_from`'s when the encoder
+    /// is frozen: same encoder, same latent space) and writes the diffusers folder.
     pub fn export(&self, out: &Path) -> Result<AutoencoderKLWanConfig> {
-        let (mean, std) = latent_statistics(&self.ema_vae()?, self.cfg.seed, self.cfg.stats_clips)?;
+        let (mean, std) = match (&self.init_stats, self.cfg.train) {
+            (Some(stats), VaeTrainPart::Decoder) => stats.clone(),
+            _ => latent_statistics(&self.ema_vae()?, self.cfg.seed, self.cfg.stats_clips)?,
+        };
         let cfg = self.cfg.vae.config(mean, std);
         write_vae_folder(&cfg, &self.ema_weights(), out)?;
         Ok(cfg)
