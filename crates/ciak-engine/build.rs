@@ -1,5 +1,6 @@
 //! Embeds the built-in model (models/builtin/, a diffusers folder) into the binary: every file is
 //! listed with `include_bytes!`, and a sha256 over names and bytes names the extraction folder.
+//! With `CIAK_EMBED_BUILTIN=0` in the build's environment nothing is embedded.
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,14 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.join("../../models/builtin");
     println!("cargo:rerun-if-changed={}", root.display());
+    // CIAK_EMBED_BUILTIN=0: a binary without the model (20 MB smaller), for machines that get
+    // the repository anyway (the GPU machine: `--model models/builtin`)
+    println!("cargo:rerun-if-env-changed=CIAK_EMBED_BUILTIN");
+    let embed = std::env::var("CIAK_EMBED_BUILTIN").map_or(true, |v| v != "0");
     let mut list = Vec::new();
-    files(&root, &mut list);
+    if embed {
+        files(&root, &mut list);
+    }
     list.sort();
     let mut hasher = Sha256::new();
     let mut code = String::from("pub const FILES: &[(&str, &[u8])] = &[\n");

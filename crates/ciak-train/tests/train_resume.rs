@@ -125,3 +125,47 @@ fn run_dit_training_resumes_from_its_checkpoint() {
     let err = run_dit_training(&other, &mut source(&dev), &split_dir, true, &dev, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("transformer"), "{err}");
 }
+
+/// A checkpoint without its optimizer part (what comes back from the GPU machine) resumes with
+/// `fresh_optimizer`: weights, EMA, step and data position carry over, AdamW starts afresh and the
+/// learning rate ramps up again over `warmup_steps`. Without the flag it is refused.
+#[test]
+fn fresh_optimizer_resumes_a_checkpoint_without_optimizer_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let dev = Device::Cpu;
+    let mut first = DitTrainer::new(&cfg, &dev).unwrap();
+    let mut src = source(&dev);
+    for _ in 0..3 {
+        first.train_step(&mut src).unwrap();
+    }
+    let ckpt = tmp.path().join("ckpt");
+    first.save(&ckpt, &src).unwrap();
+    std::fs::remove_file(ckpt.join("optim.safetensors")).unwrap();
+
+    let err = DitTrainer::resume(&cfg, &ckpt, &mut source(&dev), &dev).err().expect("needs the optimizer part").to_string();
+    assert!(err.contains("missing part `optim`"), "{err}");
+
+    let fresh = ciak_train::train::dit::DitTrainConfig { fresh_optimizer: true, warmup_steps: 4, ..cfg.clone() };
+    let mut src2 = source(&dev);
+    let mut second = DitTrainer::resume(&fresh, &ckpt, &mut src2, &dev).unwrap();
+    assert_eq!(second.step(), 3);
+    assert_same_bits("weights", &first.weights(), &second.weights());
+    assert_same_bits("ema", &first.ema_weights(), &second.ema_weights());
+    assert_eq!(src.state(), src2.state());
+    // the ramp: a quarter, a half, ... of the schedule's rate, then the schedule itself
+    let schedule = DitTrainer::new(&fresh, &dev).unwrap();
+    for (k, share) in [(3u64, 0.25), (4, 0.5), (6, 1.0), (7, 1.0)] {
+        let (got, want) = (second.lr_at(k), schedule.lr_at(k) * share);
+        assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "step {k}: {got} vs {want}");
+    }
+    let stats = second.train_step(&mut src2).unwrap();
+    assert!(stats.loss.is_finite() && (stats.lr - schedule.lr_at(3) * 0.25).abs() < 1e-12);
+
+    // the ramp survives a later ordinary resume (its start is in the state)
+    let again = tmp.path().join("again");
+    second.save(&again, &src2).unwrap();
+    let plain = ciak_train::train::dit::DitTrainConfig { fresh_optimizer: false, ..fresh.clone() };
+    let third = DitTrainer::resume(&plain, &again, &mut source(&dev), &dev).unwrap();
+    assert_eq!(third.lr_at(4).to_bits(), second.lr_at(4).to_bits());
+}

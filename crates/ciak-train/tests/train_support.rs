@@ -71,6 +71,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         checkpoint_every: 3,
         max_seconds: None,
         stop_at: None,
+        fresh_optimizer: false,
         vae: None,
     }
 }

@@ -39,8 +39,16 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            // clap puts what is missing or wrong on the lines after the first; the usage and
+            // the hint that follow are left out
             let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", if lines.is_empty() { "error: bad arguments".to_string() } else { lines.join(" ") });
             return ExitCode::from(2);
         }
     };

@@ -103,7 +103,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Dit(a) => {
             let device = a.device.open()?;
-            let settings = read_dit_settings(&a.config, &a.out)?;
+            let mut settings = read_dit_settings(&a.config, &a.out)?;
+            settings.train.fresh_optimizer = a.fresh_optimizer;
             let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
             dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, &run).map(|_| ())
         }
@@ -295,6 +296,11 @@ pub struct DitArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: start AdamW's moments afresh (the checkpoint may lack optim.safetensors),
+    /// ramping the learning rate up again over the config's warmup_steps; weights, EMA, step and
+    /// data position come from the checkpoint. For a run moved between machines.
+    #[arg(long, requires = "resume")]
+    pub fresh_optimizer: bool,
     #[command(flatten)]
     pub limits: Limits,
     #[arg(long, default_value_t = 10)]

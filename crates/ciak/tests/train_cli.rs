@@ -101,6 +101,16 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
     let out = ok(ciak(&d, &[&dit[..], &["--max-seconds", "0", "--log-every", "1"]].concat()));
     assert!(out.contains("dit: step 1/3") && out.contains("paused at step 1/3"), "{out}");
     assert!(!d.join("run/dit/model").exists(), "{out}");
+    // the paused checkpoint without its optimizer part (as it comes back from the GPU machine)
+    // goes on with --fresh-optimizer
+    std::fs::create_dir_all(d.join("run/moved/checkpoint")).unwrap();
+    for f in ["model.safetensors", "ema.safetensors", "state.json"] {
+        std::fs::copy(d.join("run/dit/checkpoint").join(f), d.join("run/moved/checkpoint").join(f)).unwrap();
+    }
+    let moved = ["train", "dit", "--config", "dit.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/moved", "--resume"];
+    fails(ciak(&d, &moved), "missing part `optim`");
+    let out = ok(ciak(&d, &[&moved[..], &["--fresh-optimizer", "--log-every", "1"]].concat()));
+    assert!(out.contains("resuming after step 1") && out.contains("dit: step 3/3"), "{out}");
     let out = ok(ciak(&d, &[&dit[..], &["--resume", "--log-every", "1"]].concat()));
     assert!(out.contains("resuming after step 1") && out.contains("dit: step 3/3") && !out.contains("step 1/3"), "{out}");
     let model = d.join("run/dit/model");
@@ -110,6 +120,18 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
         assert!(model.join(part).is_file(), "missing {part}");
     }
     generates(&d, &model);
+
+    // a decoder fine-tune of the trained VAE keeps its latent statistics
+    let mut dec: Value = serde_json::from_str(&std::fs::read_to_string(d.join("vae.json")).unwrap()).unwrap();
+    dec["train"] = "decoder".into();
+    write(&d.join("vaedec.json"), &dec);
+    let out = ok(ciak(&d, &["train", "vae", "--config", "vaedec.json", "--init-from", "run/vae/vae", "--out", "run/vdec"]));
+    assert!(out.contains("vae: done"), "{out}");
+    let stats = |p: &str| {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(d.join(p)).unwrap()).unwrap();
+        (v["latents_mean"].clone(), v["latents_std"].clone())
+    };
+    assert_eq!(stats("run/vae/vae/config.json"), stats("run/vdec/vae/config.json"));
     eprintln!("stages end to end in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -146,6 +168,12 @@ fn bad_input_is_one_clear_line() {
     fails(ciak(&d, &["train", "dit", "--config", "badsizes.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected generation.sizes as nonzero multiples of 16, got 50x48");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--stop-at", "0"]), "expected --stop-at of at least 1, got 0");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--resume"]), "nothing to resume");
+    fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--init-from", "nowhere"]), "expected --init-from to be a trained VAE folder");
+    let mut dec: Value = serde_json::from_str(&std::fs::read_to_string(d.join("vae.json")).unwrap()).unwrap();
+    dec["train"] = "decoder".into();
+    write(&d.join("vaedec.json"), &dec);
+    fails(ciak(&d, &["train", "vae", "--config", "vaedec.json", "--out", "a"]), "expected init_from");
+    fails(ciak(&d, &["train", "dit", "--config", "nogen.json", "--latents", "x", "--vae", "y", "--out", "a", "--fresh-optimizer"]), "--resume");
     fails(ciak(&d, &["train", "latents", "--vae", "nowhere", "--count", "2", "--out", "a"]), "expected a trained VAE");
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "0", "--out", "a"]), "--count");
     fails(

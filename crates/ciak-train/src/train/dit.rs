@@ -173,6 +173,12 @@ pub struct DitTrainConfig {
     /// snapshot to look at. `None`: train to `steps`.
     #[serde(default)]
     pub stop_at: Option<u64>,
+    /// On resume, take the weights, EMA, step, random stream and data position from the
+    /// checkpoint but start AdamW's moments afresh (the checkpoint may lack its `optim` part), with
+    /// the learning rate ramped up again over `warmup_steps`: how a run moves between machines
+    /// when its 2x-sized optimizer state cannot travel (the GPU machine's transfer limits).
+    #[serde(default)]
+    pub fresh_optimizer: bool,
     /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
     #[serde(default)]
     pub vae: Option<PathBuf>,
@@ -557,6 +563,9 @@ struct RunState {
     ema_updates: u64,
     vocab_size: usize,
     config: DitTrainConfig,
+    /// The step at which AdamW last started afresh (see `fresh_optimizer`).
+    #[serde(default)]
+    rewarm_from: Option<u64>,
 }
 
 const STATE_FORMAT: u32 = 1;
@@ -587,6 +596,8 @@ pub struct DitTrainer {
     step: u64,
     seconds: f64,
     vocab_size: usize,
+    /// The step at which AdamW last started afresh: the learning rate ramps up again from there.
+    rewarm_from: Option<u64>,
 }
 
 /// What one step did.
@@ -609,7 +620,7 @@ impl DitTrainer {
         let ema = Ema::new(&params, cfg.ema_decay)?;
         // a stream apart from the init streams (those are seeded with seed ^ hash(name))
         let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
-        Ok(Self { cfg: cfg.clone(), models, params, opt, ema, rng, step: 0, seconds: 0.0, vocab_size })
+        Ok(Self { cfg: cfg.clone(), models, params, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None })
     }
 
     /// Steps done so far.
@@ -689,7 +700,7 @@ impl DitTrainer {
         if !norm.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("gradient norm is {norm}") });
         }
-        let lr = self.cfg.lr_schedule().at(self.step);
+        let lr = self.lr_at(self.step);
         self.opt.step(&grads, lr, clip_factor(norm, self.cfg.grad_clip))?;
         mark("optimizer")?;
         self.ema.update(&self.params)?;
@@ -711,6 +722,18 @@ impl DitTrainer {
     }
 
     /// Writes everything a bit-identical resume needs into `dir`.
+    /// The learning rate of step `step` (0-based): the schedule's, ramped up linearly over
+    /// `warmup_steps` again after a fresh optimizer.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let lr = self.cfg.lr_schedule().at(step);
+        match self.rewarm_from {
+            Some(from) if self.cfg.warmup_steps > 0 && step >= from => {
+                lr * ((step - from + 1) as f64 / self.cfg.warmup_steps as f64).min(1.0)
+            }
+            _ => lr,
+        }
+    }
+
     pub fn save(&self, dir: &Path, source: &dyn LatentSource) -> Result<()> {
         let state = RunState {
             format: STATE_FORMAT,
@@ -722,6 +745,7 @@ impl DitTrainer {
             ema_updates: self.ema.updates(),
             vocab_size: self.vocab_size,
             config: self.cfg.clone(),
+            rewarm_from: self.rewarm_from,
         };
         let (model, ema, optim) = (self.weights(), self.ema_weights(), self.opt.state_tensors());
         save_checkpoint(dir, &[("model", &model), ("ema", &ema), ("optim", &optim)], &state)
@@ -730,7 +754,8 @@ impl DitTrainer {
     /// Continues the run saved in `dir` under `cfg`, whose model must be the saved one
     /// (schedule, batch size and the other settings may change).
     pub fn resume(cfg: &DitTrainConfig, dir: &Path, source: &mut dyn LatentSource, device: &Device) -> Result<Self> {
-        let ckpt = load_checkpoint::<RunState>(dir, &PARTS, device)?;
+        let parts = if cfg.fresh_optimizer { &PARTS[..2] } else { &PARTS[..] };
+        let ckpt = load_checkpoint::<RunState>(dir, parts, device)?;
         let state = &ckpt.state;
         let bad = |message: String| TrainError::Resume { path: ckpt.path.clone(), message };
         if state.format != STATE_FORMAT {
@@ -753,7 +778,12 @@ impl DitTrainer {
             p.var.set(&t.to_dtype(p.var.dtype())?)?;
         }
         trainer.ema.load(&trainer.params, ckpt.part("ema")?, state.ema_updates).map_err(|e| bad(e.to_string()))?;
-        trainer.opt.load_state(ckpt.part("optim")?, state.adam_steps).map_err(|e| bad(e.to_string()))?;
+        if cfg.fresh_optimizer {
+            trainer.rewarm_from = Some(state.step);
+        } else {
+            trainer.opt.load_state(ckpt.part("optim")?, state.adam_steps).map_err(|e| bad(e.to_string()))?;
+            trainer.rewarm_from = state.rewarm_from;
+        }
         trainer.rng = state.rng;
         trainer.step = state.step;
         trainer.seconds = state.seconds;
