@@ -6,7 +6,8 @@
 #
 #   scripts/ci-cuda-check.sh           cargo check, every crate and target, with ciak/cuda
 #   scripts/ci-cuda-check.sh --build   release binary with cuda, stripped and xz-compressed to
-#                                      .gpu/ciak.xz (what scripts/gpu-check.sh runs on the GPU)
+#                                      .gpu/ciak.xz (what scripts/gpu-check.sh runs on the GPU),
+#                                      built without the embedded model (CIAK_EMBED_BUILTIN=0)
 #
 # Cold (empty target dir) most of the time is nvcc compiling candle's kernels; see
 # scripts/README.md for measured times.
@@ -26,7 +27,9 @@ case "$mode" in
     cargo check --locked --workspace --all-targets --features ciak/cuda
     ;;
   build|--build)
-    cargo build --locked --release -p ciak --features cuda
+    # without the embedded built-in model (20 MB): what travels to the GPU machine has a 64 MiB
+    # limit, and the repository's models/builtin is there anyway
+    CIAK_EMBED_BUILTIN=${CIAK_EMBED_BUILTIN:-0} cargo build --locked --release -p ciak --features cuda
     mkdir -p .gpu
     strip -o .gpu/ciak.stripped "$CARGO_TARGET_DIR/release/ciak"
     xz -T0 -6 -c .gpu/ciak.stripped >.gpu/ciak.xz.part && mv .gpu/ciak.xz.part .gpu/ciak.xz

@@ -12,6 +12,14 @@
 #      (the device tool brings back files of at most 16 MiB).
 # Results go to $RESULTS (default $OUT, else .gpu/results).
 #
+# RESUME=DIR continues a run from elsewhere instead of starting one: DIR holds a checkpoint's
+# state.json and its EMA weights (bf16 is enough: `cargo run --release -p ciak-train --example
+# checkpoint_bf16 -- target/dit-x4/checkpoint .gpu/ckpt`, 15 MB). The model starts from the EMA
+# weights with AdamW afresh (`train dit --resume --fresh-optimizer`), CONFIG's schedule is kept as
+# it is (default train/dit-x4-gpu-resume.json: the CPU run's 40,000-step cosine at batch 32) and
+# the run stops at the budget. What comes back is the checkpoint (model and EMA in f32, no
+# optimizer state) as checkpoint.tar.xz parts; continue it with --resume --fresh-optimizer.
+#
 # Prepare on the build machine: scripts/ci-cuda-check.sh --build (the CUDA binary, .gpu/ciak.xz)
 # and copy the trained VAE folder to .gpu/vae (see scripts/README.md). Settings (environment):
 # BUDGET (540) seconds from start to the packed model, CONFIG (train/dit-x4-gpu.json), VAE
@@ -22,7 +30,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 deadline=$((t0 + ${BUDGET:-540}))
-config=${CONFIG:-train/dit-x4-gpu.json}
+resume=${RESUME:-}
+if [ -n "$resume" ]; then config=${CONFIG:-train/dit-x4-gpu-resume.json}; else config=${CONFIG:-train/dit-x4-gpu.json}; fi
 vae=${VAE:-.gpu/vae}
 clips=${CLIPS:-2000}
 probe=${PROBE:-40}
@@ -39,6 +48,7 @@ left() { echo $((deadline - $(date +%s))); }
 
 source scripts/gpu-env.sh || { say "no CUDA binary: run scripts/ci-cuda-check.sh --build on the build machine"; exit 2; }
 [ -f "$vae/config.json" ] || { say "no trained VAE at $vae (copy one there on the build machine)"; exit 2; }
+[ -z "$resume" ] || [ -f "$resume/state.json" -a -f "$resume/ema.safetensors" ] || { say "RESUME=$resume holds no state.json and ema.safetensors"; exit 2; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; "$bin" --version; } 2>&1 | tee -a "$log"
 
 # 1. parity (a broken GPU path stops here, before the training)
@@ -90,22 +100,33 @@ a, b = rows[len(rows) // 4], rows[-1]
 print(f"{(int(b['step']) - int(a['step'])) / (float(b['seconds']) - float(a['seconds'])):.3f}")
 EOF
 ) || exit 1
-# 45 s kept for the export, the check clip and the packing; 5% for checkpoints and slack
-steps=$(python3 -c "print(max(100, int($rate * ($(left) - 45) * 0.95)))")
-say "probe: $rate steps/s; training $steps steps"
-python3 - "$config" "$work/config.json" "$steps" <<'EOF'
+run=$work/run
+rm -rf "$run"
+if [ -n "$resume" ]; then
+  # a continued run keeps its schedule and stops at the budget
+  say "probe: $rate steps/s; continuing the run in $resume"
+  cp "$config" "$work/config.json"
+  mkdir -p "$run/checkpoint"
+  cp "$resume/state.json" "$resume/ema.safetensors" "$run/checkpoint/"
+  cp "$resume/ema.safetensors" "$run/checkpoint/model.safetensors"
+  continue_args=(--resume --fresh-optimizer)
+else
+  # 45 s kept for the export, the check clip and the packing; 5% for checkpoints and slack
+  steps=$(python3 -c "print(max(100, int($rate * ($(left) - 45) * 0.95)))")
+  say "probe: $rate steps/s; training $steps steps"
+  python3 - "$config" "$work/config.json" "$steps" <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
 c["steps"] = int(sys.argv[3])
 json.dump(c, open(sys.argv[2], "w"), indent=1)
 EOF
+  continue_args=()
+fi
 
 # 4. the run (a checkpoint and an export of what there is if the budget runs out first)
-run=$work/run
-rm -rf "$run"
 max_s=$(( $(left) - 40 )); [ "$max_s" -ge 10 ] || max_s=10
 step $(( max_s + 70 )) "$bin" train dit --device "$dev" --config "$work/config.json" --latents "$lat" --vae "$vae" \
-  --out "$run" --max-seconds "$max_s" --log-every 200
+  --out "$run" --max-seconds "$max_s" --log-every 200 "${continue_args[@]}"
 if [ ! -f "$run/model/ciak.json" ]; then
   last=$(tail -1 "$run/loss.csv" | cut -d, -f1)
   step 60 "$bin" train dit --device "$dev" --config "$work/config.json" --latents "$lat" --vae "$vae" \
@@ -119,7 +140,16 @@ mv "$res/check.json" "$run/model/" 2>/dev/null
 
 # 6. pack
 say "packing"
-cp "$run/loss.csv" "$work/config.json" "$run/model/" 2>/dev/null
-tar -C "$run" -cf - model | xz -T0 -6 >"$work/model.tar.xz" && split -b 15M -d "$work/model.tar.xz" "$res/model.tar.xz.part-"
+if [ -n "$resume" ]; then
+  # the checkpoint without its optimizer part (model + EMA, f32), the logs and parity beside it;
+  # only the parts, log.txt and check.mp4 come back (at most 8 files)
+  cp "$run/loss.csv" "$work/config.json" "$run/loss.png" "$res"/parity_cuda_*.json "$run/checkpoint/" 2>/dev/null
+  rm -f "$res"/parity_cuda_*.json "$res/loss.png"
+  tar -C "$run" -cf - --exclude optim.safetensors checkpoint | xz -T0 -6 >"$work/checkpoint.tar.xz" &&
+    split -b 15M -d "$work/checkpoint.tar.xz" "$res/checkpoint.tar.xz.part-"
+else
+  cp "$run/loss.csv" "$work/config.json" "$run/model/" 2>/dev/null
+  tar -C "$run" -cf - model | xz -T0 -6 >"$work/model.tar.xz" && split -b 15M -d "$work/model.tar.xz" "$res/model.tar.xz.part-"
+fi
 ls -l "$res" | tee -a "$log"
 say "done"
