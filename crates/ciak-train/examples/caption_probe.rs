@@ -45,6 +45,10 @@ fn main() {
     let mut baselines = [0f32; 3];
     // per scene at sigma 1: background error with its own and with the other caption
     let mut scene_rows = vec![[0f32; 2]; scenes.len()];
+    // at sigma 1 with the own caption, over two noise draws: half the mean square difference of
+    // the two x0 predictions (the part that follows the noise: leaked noise, which an exact model
+    // does not have, since E[x0 | caption] does not depend on it) and the error of their average
+    let mut leak = [0f32; 2];
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
@@ -58,6 +62,17 @@ fn main() {
         baselines[1] += mse(&z, &z_mean.broadcast_as(z.shape()).unwrap()) / clips as f32;
         baselines[2] += mean_square(&z_mean) / clips as f32;
         let noise = TrainRng::new(i as u64).gaussian(z.dims(), &dev).unwrap();
+        let pure: Vec<Tensor> = [i as u64, 1000 + i as u64]
+            .iter()
+            .map(|&seed| {
+                let n = TrainRng::new(seed).gaussian(z.dims(), &dev).unwrap();
+                let fb = flow_batch(&z, &n, &[1.0]).unwrap();
+                let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, &embeds[i], None).unwrap();
+                (&fb.noisy - v).unwrap()
+            })
+            .collect();
+        leak[0] += mse(&pure[0], &pure[1]) / 2.0 / clips as f32;
+        leak[1] += mse(&((&pure[0] + &pure[1]).unwrap() * 0.5).unwrap(), &z) / clips as f32;
         for (si, &s) in sigmas.iter().enumerate() {
             // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000
             let fb = flow_batch(&z, &noise, &[s as f32]).unwrap();
@@ -82,6 +97,10 @@ fn main() {
     for (si, s) in sigmas.iter().enumerate() {
         println!("{s:5}   {:11.4}   {:21.4}   {:13.4}", sums[si][0], sums[si][1], sums[si][2]);
     }
+    println!(
+        "sigma 1, own caption, two noise draws: noise-dependent part of x0 {:.4}, error of the two-draw mean {:.4}",
+        leak[0], leak[1]
+    );
     println!("per scene at sigma 1, background error with its own / the other caption:");
     for (row, caption) in scene_rows.iter().zip(&captions) {
         println!("  {:.4} / {:.4}  {caption}", row[0], row[1]);
