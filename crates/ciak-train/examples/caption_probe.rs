@@ -37,6 +37,14 @@ fn main() {
     let empty = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
     println!("text embeddings: mean square {:.4}; caption 0 vs 1 differ by {:.4}, caption 0 vs empty by {:.4}",
         mean_square(&embeds[0]), mse(&embeds[0], &embeds[1 % embeds.len()]), mse(&embeds[0], &empty));
+    // does the encoder bind words? swapping two colours changes the "ball" (2) and "background"
+    // (8) tokens only if they see their neighbours (a bag of words leaves them as they are)
+    let swap: Vec<Tensor> = ["a red ball moves right on a blue background", "a blue ball moves right on a red background"]
+        .iter()
+        .map(|c| pipe.text_encoder.encode(&[c.to_string()]).unwrap().prompt_embeds.squeeze(0).unwrap())
+        .collect();
+    let rel = |i: usize| mse(&swap[0].get(i).unwrap(), &swap[1].get(i).unwrap()) / mean_square(&swap[0].get(i).unwrap());
+    println!("colours swapped between ball and background: relative change of the ball token {:.4}, background token {:.4}", rel(2), rel(8));
     let mut sums = [[0f32; 3]; 5];
     // the same, on each channel's clip-wide mean only (the background; noise-copy errors average out)
     let mut mean_sums = [[0f32; 3]; 5];

@@ -384,6 +384,7 @@ impl StepPrinter {
                 );
             }
             TrainEvent::Checkpoint { step, path } => println!("{stage}: checkpoint at step {step} in {}", path.display()),
+            TrainEvent::TextPretrained { path, summary } => println!("{stage}: text encoder pretrained: {summary} ({})", path.display()),
             TrainEvent::Exported { step, path } => println!("{stage}: exported step {step} to {}", path.display()),
             TrainEvent::Done { step } => {
                 println!("{stage}: stopped at step {step} after {}", hms(self.started.elapsed().as_secs_f64()))

@@ -14,12 +14,13 @@ use super::export::{export_pipeline, ExportSpec};
 use super::flow::{drop_captions, flow_batch, mse, weighted_mse, SigmaSampling, TrainRng};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
 use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ciak_engine::text::{PromptTokenizer, TextEncoder};
 use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
-use ciak_models::wan::umt5::{Umt5Config, Umt5EncoderModel};
+use ciak_models::wan::umt5::{relative_position_bucket, Umt5Config, Umt5EncoderModel};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -179,6 +180,21 @@ pub struct DitTrainConfig {
     /// when its 2x-sized optimizer state cannot travel (the GPU machine's transfer limits).
     #[serde(default)]
     pub fresh_optimizer: bool,
+    /// Pretrain the text encoder on the world's captions before the DiT and keep it frozen
+    /// through the DiT run, as Wan's UMT5 is (see `train::text`); `None`: the encoder trains
+    /// jointly with the DiT from scratch.
+    #[serde(default)]
+    pub text_pretrain: Option<TextPretrainConfig>,
+    /// Initial relative-position bias of the text encoder's attention heads toward their nearest
+    /// neighbours (head h of every layer prefers offset -1, +1, -2, +2, ... by this many logits);
+    /// 0 keeps transformers' init (N(0, d_model^-0.5), about 0.09 at d_model 128). T5 has no
+    /// other position signal: with biases that small every head attends almost uniformly, the
+    /// encoder's outputs are a bag of words ("a red ball on a blue background" and "a blue ball
+    /// on a red background" come out nearly alike), and a DiT run moves the biases too little to
+    /// change that (measured: docs/training.md). A head that starts on its neighbour lets "red"
+    /// mark "ball" and "blue" mark "background" from the first step.
+    #[serde(default)]
+    pub text_local_attention: f64,
     /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
     #[serde(default)]
     pub vae: Option<PathBuf>,
@@ -199,6 +215,9 @@ impl DitTrainConfig {
 
     /// Checks the values that would otherwise fail deep inside a run.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(pre) = &self.text_pretrain {
+            pre.validate()?;
+        }
         let t = &self.transformer;
         let hd = t.attention_head_dim;
         if !hd.is_multiple_of(2) || hd < 6 {
@@ -304,6 +323,10 @@ impl DitTrainConfig {
         if self.text_len != other.text_len {
             return Err(format!("text_len {} in the checkpoint, {} in the config", other.text_len, self.text_len));
         }
+        if self.text_pretrain.is_some() != other.text_pretrain.is_some() {
+            let says = |c: &Self| if c.text_pretrain.is_some() { "a pretrained, frozen" } else { "a jointly trained" };
+            return Err(format!("{} text encoder in the checkpoint, {} in the config", says(other), says(self)));
+        }
         Ok(())
     }
 }
@@ -324,7 +347,7 @@ fn name_hash(name: &str) -> u64 {
 
 /// How one parameter starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Init {
+pub(crate) enum Init {
     Zeros,
     Ones,
     Normal(f64),
@@ -376,7 +399,7 @@ fn umt5_init(name: &str, cfg: &Umt5Config) -> Init {
     }
 }
 
-fn init_var(var: &Var, init: Init, rng: &mut TrainRng) -> Result<()> {
+pub(crate) fn init_var(var: &Var, init: Init, rng: &mut TrainRng) -> Result<()> {
     let n = var.elem_count();
     let values: Vec<f32> = match init {
         Init::Zeros => vec![0.0; n],
@@ -386,6 +409,23 @@ fn init_var(var: &Var, init: Init, rng: &mut TrainRng) -> Result<()> {
     };
     let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
     var.set(&t)?;
+    Ok(())
+}
+
+/// Adds `amount` to the relative-position bias [buckets, heads] of each head at its preferred
+/// offset: head h prefers -1, +1, -2, +2, ... (key position minus query position).
+fn add_local_bias(var: &Var, cfg: &Umt5Config, amount: f64) -> Result<()> {
+    let (buckets, heads) = var.dims2()?;
+    let mut bias = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    for h in 0..heads {
+        let step = (h / 2 + 1) as i64;
+        let offset = if h % 2 == 0 { -step } else { step };
+        let b = relative_position_bucket(offset, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
+        if b < buckets {
+            bias[b * heads + h] += amount as f32;
+        }
+    }
+    var.set(&Tensor::from_vec(bias, (buckets, heads), var.device())?)?;
     Ok(())
 }
 
@@ -428,11 +468,11 @@ impl DitModels {
             dit_vars,
             text_vars,
         };
-        models.init_weights(cfg.seed)?;
+        models.init_weights(cfg.seed, cfg.text_local_attention)?;
         Ok(models)
     }
 
-    fn init_weights(&self, seed: u64) -> Result<()> {
+    fn init_weights(&self, seed: u64, local_attention: f64) -> Result<()> {
         let dim = self.transformer_cfg.inner_dim();
         for (name, var) in sorted_vars(&self.dit_vars) {
             let mut rng = TrainRng::new(seed ^ name_hash(&format!("transformer.{name}")));
@@ -441,6 +481,9 @@ impl DitModels {
         for (name, var) in sorted_vars(&self.text_vars) {
             let mut rng = TrainRng::new(seed ^ name_hash(&format!("text_encoder.{name}")));
             init_var(&var, umt5_init(&name, &self.text_cfg), &mut rng)?;
+            if local_attention != 0.0 && name.contains("relative_attention_bias") {
+                add_local_bias(&var, &self.text_cfg, local_attention)?;
+            }
         }
         Ok(())
     }
@@ -589,7 +632,12 @@ pub struct TrainSummary {
 pub struct DitTrainer {
     pub cfg: DitTrainConfig,
     pub models: DitModels,
+    /// The trained weights (optimizer and EMA).
     params: Vec<Param>,
+    /// The weights the run leaves as they are (the pretrained text encoder).
+    frozen: Vec<Param>,
+    /// What the text pretraining of a fresh run reached.
+    pub text_report: Option<TextPretrainReport>,
     opt: AdamW,
     ema: Ema,
     rng: TrainRng,
@@ -610,17 +658,30 @@ pub struct StepStats {
 }
 
 impl DitTrainer {
-    /// A fresh run (weights from `cfg.seed`).
+    /// A fresh run (weights from `cfg.seed`; with `text_pretrain`, the text encoder pretrained).
     pub fn new(cfg: &DitTrainConfig, device: &Device) -> Result<Self> {
+        Self::build(cfg, device, true)
+    }
+
+    /// The run's models and optimizer; `pretrain`: run the text pretraining (a resume loads the
+    /// pretrained encoder from its checkpoint instead).
+    fn build(cfg: &DitTrainConfig, device: &Device, pretrain: bool) -> Result<Self> {
         cfg.validate().map_err(|message| TrainError::Config { path: PathBuf::new(), message })?;
         let vocab_size = tokenizer_vocab_size(&cfg.tokenizer)?;
         let models = DitModels::new(cfg, vocab_size, device)?;
-        let params = models.params();
+        let text_report = match (&cfg.text_pretrain, pretrain) {
+            (Some(pre), true) => Some(pretrain_text_encoder(&models, pre, cfg.seed, &cfg.adamw, device)?),
+            _ => None,
+        };
+        let frozen_text = cfg.text_pretrain.is_some();
+        let (params, frozen): (Vec<Param>, Vec<Param>) =
+            models.params().into_iter().partition(|p| !(frozen_text && p.name.starts_with("text_encoder.")));
         let opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
         let ema = Ema::new(&params, cfg.ema_decay)?;
         // a stream apart from the init streams (those are seeded with seed ^ hash(name))
         let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
-        Ok(Self { cfg: cfg.clone(), models, params, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None })
+        let cfg = cfg.clone();
+        Ok(Self { cfg, models, params, frozen, text_report, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None })
     }
 
     /// Steps done so far.
@@ -713,15 +774,16 @@ impl DitTrainer {
 
     /// Current weights by parameter name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+        self.params.iter().chain(&self.frozen).map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
     }
 
-    /// EMA weights by parameter name.
+    /// EMA weights by parameter name (frozen weights as they are).
     pub fn ema_weights(&self) -> HashMap<String, Tensor> {
-        self.ema.tensors(&self.params)
+        let mut w = self.ema.tensors(&self.params);
+        w.extend(self.frozen.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())));
+        w
     }
 
-    /// Writes everything a bit-identical resume needs into `dir`.
     /// The learning rate of step `step` (0-based): the schedule's, ramped up linearly over
     /// `warmup_steps` again after a fresh optimizer.
     pub fn lr_at(&self, step: u64) -> f64 {
@@ -734,6 +796,7 @@ impl DitTrainer {
         }
     }
 
+    /// Writes everything a bit-identical resume needs into `dir`.
     pub fn save(&self, dir: &Path, source: &dyn LatentSource) -> Result<()> {
         let state = RunState {
             format: STATE_FORMAT,
@@ -762,7 +825,7 @@ impl DitTrainer {
             return Err(bad(format!("expected checkpoint format {STATE_FORMAT}, got {}", state.format)));
         }
         cfg.same_model(&state.config).map_err(bad)?;
-        let mut trainer = Self::new(cfg, device)?;
+        let mut trainer = Self::build(cfg, device, false)?;
         if trainer.vocab_size != state.vocab_size {
             return Err(bad(format!(
                 "the tokenizer has {} ids, the checkpoint's text encoder {}",
@@ -770,7 +833,7 @@ impl DitTrainer {
             )));
         }
         let model = ckpt.part("model")?;
-        for p in &trainer.params {
+        for p in trainer.params.iter().chain(&trainer.frozen) {
             let t = model.get(&p.name).ok_or_else(|| bad(format!("model weights have no `{}`", p.name)))?;
             if t.dims() != p.var.dims() {
                 return Err(bad(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.var.dims(), t.dims())));
@@ -837,7 +900,15 @@ pub fn run_dit_training(
                 message: "this output folder already holds a checkpoint: resume it, or train into another folder".into(),
             });
         }
-        DitTrainer::new(cfg, device)?
+        let t = DitTrainer::new(cfg, device)?;
+        if let Some(report) = &t.text_report {
+            let path = out.join("text_pretrain.json");
+            let text = serde_json::to_string_pretty(report)
+                .map_err(|e| TrainError::Config { path: path.clone(), message: e.to_string() })?;
+            std::fs::write(&path, text + "\n").map_err(|e| TrainError::io(&path, e))?;
+            progress(&TrainEvent::TextPretrained { path, summary: report.summary() });
+        }
+        t
     };
     let config_path = out.join("config.json");
     let text = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config { path: config_path.clone(), message: e.to_string() })?;

@@ -17,6 +17,7 @@ pub mod foreground;
 pub mod latents;
 pub mod lossplot;
 pub mod optim;
+pub mod text;
 pub mod vae;
 
 pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
@@ -135,4 +136,7 @@ pub enum TrainEvent {
     /// The diffusers folder of the EMA weights was written.
     Exported { step: u64, path: PathBuf },
     Done { step: u64 },
+    /// The text encoder was pretrained (a fresh run with `text_pretrain`); the report is in
+    /// `path` (JSON), `summary` is one line of it.
+    TextPretrained { path: PathBuf, summary: String },
 }

@@ -1,0 +1,295 @@
+//! Pretraining the toy text encoder before the DiT, as Wan's UMT5 is pretrained and then frozen.
+//!
+//! Trained jointly with the DiT from scratch, the encoder learns what a caption says only through
+//! the DiT's cross-attention, and that signal is weak: the caption decides the clip only near
+//! sigma 1, where sampling starts (docs/training.md). Here the encoder first learns to read the
+//! scene from the caption directly: learned slot queries (background, up to three objects,
+//! camera) attend over its output tokens, and small heads name the background's kind and
+//! colours, each object's presence, colour, shape, size and motion, and the camera move, with a
+//! cross-entropy loss against the scene the caption was made from. The heads are thrown away;
+//! the encoder is then frozen for the DiT run, so the DiT reads a fixed text representation in
+//! which those facts are already resolved from the words and their order.
+//!
+//! Captions are drawn from the training templates and scenes; the report scores the heads on
+//! held-out scenes and phrasings (`Split::Eval`), the same split `ciak eval` uses.
+use super::dit::{init_var, DitModels, Init};
+use super::flow::TrainRng;
+use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, LrSchedule, Param};
+use super::{Result, TrainError};
+use crate::caption::caption_for;
+use crate::dataset::sample;
+use crate::rng::Rng;
+use crate::split::Split;
+use crate::world::{Background, CameraKind, Color, Motion, SamplerConfig, Scene, Shape, Size};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the pretraining (the `text_pretrain` key of a DiT config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextPretrainConfig {
+    pub steps: u64,
+    /// Captions per step.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, linear warm-up, cosine to a tenth).
+    pub lr: f64,
+    pub warmup_steps: u64,
+    /// Held-out captions the report scores.
+    #[serde(default = "default_eval_captions")]
+    pub eval_captions: usize,
+}
+
+fn default_eval_captions() -> usize {
+    256
+}
+
+impl TextPretrainConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.batch_size == 0 || self.eval_captions == 0 {
+            return Err(format!(
+                "expected text_pretrain.steps, batch_size and eval_captions >= 1, got {}, {}, {}",
+                self.steps, self.batch_size, self.eval_captions
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("expected text_pretrain.lr > 0, got {}", self.lr));
+        }
+        Ok(())
+    }
+}
+
+/// Slots the queries pool into: background, three objects, camera.
+const SLOTS: usize = 5;
+const MAX_OBJECTS: usize = 3;
+const NO_COLOR: u32 = Color::ALL.len() as u32;
+
+/// What the heads predict of one scene (class indices).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SceneLabels {
+    /// plain, sky over ground, checkerboard, gradient
+    pub background_kind: u32,
+    pub background_a: u32,
+    /// `NO_COLOR` for a plain background.
+    pub background_b: u32,
+    /// Per object in caption order: colour, shape, size, motion.
+    pub objects: Vec<[u32; 4]>,
+    /// 0: none, then `CameraKind::ALL` order.
+    pub camera: u32,
+}
+
+fn index_of<T: PartialEq>(all: &[T], x: &T) -> u32 {
+    all.iter().position(|a| a == x).expect("a value of the enumeration") as u32
+}
+
+impl SceneLabels {
+    pub fn of(scene: &Scene) -> Self {
+        let c = |x: &Color| index_of(&Color::ALL, x);
+        let (background_kind, background_a, background_b) = match &scene.background {
+            Background::Plain { color } => (0, c(color), NO_COLOR),
+            Background::SkyGround { sky, ground, .. } => (1, c(sky), c(ground)),
+            // unordered in the captions' sense: the lower index first
+            Background::Checkerboard { a, b, .. } => (2, c(a).min(c(b)), c(a).max(c(b))),
+            Background::Gradient { top, bottom } => (3, c(top), c(bottom)),
+        };
+        let objects = scene
+            .objects
+            .iter()
+            .take(MAX_OBJECTS)
+            .map(|o| [c(&o.color), index_of(&Shape::ALL, &o.shape), index_of(&Size::ALL, &o.size), index_of(&Motion::ALL, &o.motion)])
+            .collect();
+        let camera = scene.camera.map_or(0, |m| 1 + index_of(&CameraKind::ALL, &m.kind));
+        Self { background_kind, background_a, background_b, objects, camera }
+    }
+}
+
+/// The heads' names and class counts, in the order [`Heads::forward`] returns them.
+const BACKGROUND_HEADS: [(&str, usize); 3] = [("background_kind", 4), ("background_a", 10), ("background_b", 11)];
+const OBJECT_HEADS: [(&str, usize); 5] = [("present", 2), ("color", 10), ("shape", 4), ("size", 3), ("motion", 13)];
+const CAMERA_HEAD: (&str, usize) = ("camera", 5);
+
+/// Slot queries and per-slot heads on the encoder's output.
+struct Heads {
+    vars: VarMap,
+    queries: Tensor,
+    hidden: Vec<(Tensor, Tensor)>,
+    /// Per slot: its heads as (weight [n, d], bias [n]).
+    heads: Vec<Vec<(Tensor, Tensor)>>,
+}
+
+impl Heads {
+    fn new(d: usize, seed: u64, device: &Device) -> Result<Self> {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let mut rng = TrainRng::new(seed ^ 0x7E47_0000_0000_0001);
+        let mut var = |name: String, shape: &[usize], init: Init| -> Result<Tensor> {
+            let t = vb.get_with_hints(shape, &name, candle_nn::Init::Const(0.0))?;
+            let data = vars.data().lock().expect("var map lock");
+            init_var(&data[&name], init, &mut rng)?;
+            Ok(t)
+        };
+        let queries = var("queries".into(), &[SLOTS, d], Init::Normal(1.0))?;
+        let bound = |fan_in: usize| Init::Uniform(1.0 / (fan_in as f64).sqrt());
+        let mut hidden = Vec::new();
+        let mut heads = Vec::new();
+        for s in 0..SLOTS {
+            hidden.push((var(format!("slot{s}.hidden.weight"), &[d, d], bound(d))?, var(format!("slot{s}.hidden.bias"), &[d], Init::Zeros)?));
+            let names: Vec<(&str, usize)> = match s {
+                0 => BACKGROUND_HEADS.to_vec(),
+                4 => vec![CAMERA_HEAD],
+                _ => OBJECT_HEADS.to_vec(),
+            };
+            let mut slot = Vec::new();
+            for (name, n) in names {
+                slot.push((var(format!("slot{s}.{name}.weight"), &[n, d], bound(d))?, var(format!("slot{s}.{name}.bias"), &[n], Init::Zeros)?));
+            }
+            heads.push(slot);
+        }
+        Ok(Self { vars, queries, hidden, heads })
+    }
+
+    fn params(&self) -> Vec<Param> {
+        let data = self.vars.data().lock().expect("var map lock");
+        let mut v: Vec<Param> = data.iter().map(|(k, v)| Param::new(format!("heads.{k}"), v.clone())).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Encoder output [B, L, d] (zero rows past each caption) -> per slot, per head, logits [B, n].
+    fn forward(&self, enc: &Tensor) -> Result<Vec<Vec<Tensor>>> {
+        let (_, _, d) = enc.dims3()?;
+        // padding rows are exactly zero: keep them out of the attention
+        let real = enc.sqr()?.sum_keepdim(D::Minus1)?.gt(0.0)?.to_dtype(DType::F32)?; // [B, L, 1]
+        let mask = ((real.transpose(1, 2)? - 1.0)? * 1e4)?; // [B, 1, L]: 0 or -1e4
+        let logits = enc.broadcast_matmul(&self.queries.t()?)?.transpose(1, 2)?; // [B, S, L]
+        let logits = ((logits / (d as f64).sqrt())?).broadcast_add(&mask)?;
+        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let pooled = attn.matmul(enc)?; // [B, S, d]
+        let mut out = Vec::with_capacity(SLOTS);
+        for (s, slot) in self.heads.iter().enumerate() {
+            let (w, b) = &self.hidden[s];
+            let p = pooled.i((.., s))?;
+            let h = p.matmul(&w.t()?)?.broadcast_add(b)?.gelu()?;
+            let h = (h + p)?;
+            out.push(slot.iter().map(|(w, b)| Ok(h.matmul(&w.t()?)?.broadcast_add(b)?)).collect::<Result<Vec<_>>>()?);
+        }
+        Ok(out)
+    }
+}
+
+/// Cross-entropy of the heads against the labels (mean over the terms that apply), and for each
+/// head the number of right answers and of answers scored.
+fn loss_and_hits(logits: &[Vec<Tensor>], labels: &[SceneLabels], device: &Device) -> Result<(Tensor, Vec<(String, usize, usize)>)> {
+    let mut terms = Vec::new();
+    let mut hits = Vec::new();
+    let mut score = |name: String, logits: &Tensor, rows: &[u32], targets: Vec<u32>| -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx = Tensor::new(rows, device)?;
+        let l = logits.index_select(&idx, 0)?;
+        let right = l.argmax(D::Minus1)?.to_vec1::<u32>()?.iter().zip(&targets).filter(|(a, b)| a == b).count();
+        hits.push((name, right, targets.len()));
+        terms.push(candle_nn::loss::cross_entropy(&l, &Tensor::new(targets, device)?)?);
+        Ok(())
+    };
+    let all: Vec<u32> = (0..labels.len() as u32).collect();
+    for (h, (name, _)) in BACKGROUND_HEADS.iter().enumerate() {
+        let t = labels.iter().map(|l| [l.background_kind, l.background_a, l.background_b][h]).collect();
+        score(name.to_string(), &logits[0][h], &all, t)?;
+    }
+    for k in 0..MAX_OBJECTS {
+        let present: Vec<u32> = labels.iter().map(|l| u32::from(l.objects.len() > k)).collect();
+        score(format!("object{}_present", k + 1), &logits[1 + k][0], &all, present)?;
+        let rows: Vec<u32> = all.iter().copied().filter(|&i| labels[i as usize].objects.len() > k).collect();
+        for (h, (name, _)) in OBJECT_HEADS.iter().enumerate().skip(1) {
+            let t = rows.iter().map(|&i| labels[i as usize].objects[k][h - 1]).collect();
+            score(format!("object{}_{name}", k + 1), &logits[1 + k][h], &rows, t)?;
+        }
+    }
+    score(CAMERA_HEAD.0.to_string(), &logits[4][0], &all, labels.iter().map(|l| l.camera).collect())?;
+    let n = terms.len() as f64;
+    let total = Tensor::stack(&terms, 0)?.sum_all()?;
+    Ok(((total / n)?, hits))
+}
+
+/// Salts of the pretraining's caption streams.
+const SCENE_SALT: u64 = 0x7E47_5CE0_0000_0001;
+const CAPTION_SALT: u64 = 0x7E47_CA90_0000_0002;
+
+/// Item `index` of the stream: a scene and one of its captions.
+fn caption_item(seed: u64, index: u64, split: Split) -> (String, SceneLabels) {
+    let scene = sample(seed ^ SCENE_SALT, index, &SamplerConfig::default(), split).scene;
+    let caption = caption_for(&scene, &mut Rng::for_item(seed ^ CAPTION_SALT, index), split);
+    (caption, SceneLabels::of(&scene))
+}
+
+/// Accuracy per head on held-out captions, and the run's last training loss.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TextPretrainReport {
+    pub steps: u64,
+    pub last_loss: f64,
+    pub eval_captions: usize,
+    /// (head, accuracy on the held-out captions it applies to)
+    pub accuracy: Vec<(String, f64)>,
+    pub seconds: f64,
+}
+
+impl TextPretrainReport {
+    /// One line: the steps, the loss and the held-out accuracy of the main heads.
+    pub fn summary(&self) -> String {
+        let acc = |name: &str| self.accuracy.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, a)| a * 100.0);
+        format!(
+            "{} steps in {:.0} s, loss {:.3}; held-out accuracy: background {:.0}%, object 1 colour {:.0}% shape {:.0}% motion {:.0}%, object 2 colour {:.0}%",
+            self.steps,
+            self.seconds,
+            self.last_loss,
+            acc("background_a"),
+            acc("object1_color"),
+            acc("object1_shape"),
+            acc("object1_motion"),
+            acc("object2_color")
+        )
+    }
+}
+
+/// Trains `models`' text encoder with the slot heads (see the module docs); deterministic in
+/// `seed`.
+pub fn pretrain_text_encoder(models: &DitModels, cfg: &TextPretrainConfig, seed: u64, adamw: &AdamWConfig, device: &Device) -> Result<TextPretrainReport> {
+    cfg.validate().map_err(|message| TrainError::Config { path: Default::default(), message })?;
+    let start = std::time::Instant::now();
+    let heads = Heads::new(models.text_cfg.d_model, seed, device)?;
+    let mut params: Vec<Param> = models.params().into_iter().filter(|p| p.name.starts_with("text_encoder.")).collect();
+    params.extend(heads.params());
+    let mut opt = AdamW::new(params.clone(), adamw.clone())?;
+    let schedule = LrSchedule { peak: cfg.lr, warmup_steps: cfg.warmup_steps, total_steps: cfg.steps, min_ratio: 0.1 };
+    let mut last_loss = f64::NAN;
+    for step in 0..cfg.steps {
+        let (captions, labels): (Vec<String>, Vec<SceneLabels>) =
+            (0..cfg.batch_size as u64).map(|j| caption_item(seed, step * cfg.batch_size as u64 + j, Split::Train)).unzip();
+        let enc = models.encode_text(&captions)?;
+        let (loss, _) = loss_and_hits(&heads.forward(&enc)?, &labels, device)?;
+        last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !last_loss.is_finite() {
+            return Err(TrainError::Diverged { step: step + 1, what: format!("text pretraining loss is {last_loss}") });
+        }
+        let grads = loss.backward()?;
+        let norm = grad_norm(&grads, &params)?;
+        opt.step(&grads, schedule.at(step), clip_factor(norm, 1.0))?;
+    }
+    // held-out scenes and phrasings
+    let mut totals: Vec<(String, usize, usize)> = Vec::new();
+    for chunk in (0..cfg.eval_captions as u64).collect::<Vec<_>>().chunks(64) {
+        let (captions, labels): (Vec<String>, Vec<SceneLabels>) = chunk.iter().map(|&i| caption_item(seed, i, Split::Eval)).unzip();
+        let enc = models.encode_text(&captions)?.detach();
+        let (_, hits) = loss_and_hits(&heads.forward(&enc)?, &labels, device)?;
+        for (name, right, n) in hits {
+            match totals.iter_mut().find(|t| t.0 == name) {
+                Some(t) => (t.1, t.2) = (t.1 + right, t.2 + n),
+                None => totals.push((name, right, n)),
+            }
+        }
+    }
+    let accuracy = totals.into_iter().map(|(name, right, n)| (name, right as f64 / n.max(1) as f64)).collect();
+    Ok(TextPretrainReport { steps: cfg.steps, last_loss, eval_captions: cfg.eval_captions, accuracy, seconds: start.elapsed().as_secs_f64() })
+}
