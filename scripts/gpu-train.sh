@@ -16,13 +16,13 @@
 # state.json and its EMA weights (bf16 is enough: `cargo run --release -p ciak-train --example
 # checkpoint_bf16 -- target/dit-x4/checkpoint .gpu/ckpt`, 15 MB). The model starts from the EMA
 # weights with AdamW afresh (`train dit --resume --fresh-optimizer`), CONFIG's schedule is kept as
-# it is (default train/dit-x4-gpu-resume.json: the CPU run's 40,000-step cosine at batch 32) and
+# it is (default train/dit-x4t-gpu-resume.json: the CPU run's 40,000-step cosine at batch 32) and
 # the run stops at the budget. What comes back is the checkpoint (model and EMA in f32, no
 # optimizer state) as checkpoint.tar.xz parts; continue it with --resume --fresh-optimizer.
 #
 # Prepare on the build machine: scripts/ci-cuda-check.sh --build (the CUDA binary, .gpu/ciak.xz)
 # and copy the trained VAE folder to .gpu/vae (see scripts/README.md). Settings (environment):
-# BUDGET (540) seconds from start to the packed model, CONFIG (train/dit-x4-gpu.json), VAE
+# BUDGET (540) seconds from start to the packed model, CONFIG (train/dit-x4t-gpu.json), VAE
 # (.gpu/vae), CLIPS (2000), SPREAD (0.25), PROBE (40), PARITY (1; 0 skips step 1), LATENT_SECONDS (150), PROMPT (the check clip's), DEVICE (cuda;
 # `DEVICE=cpu CIAK_BIN=target/release/ciak` with a small CONFIG, CLIPS and BUDGET smoke-tests it here).
 # Join the parts here: cat model.tar.xz.part-* | xz -dc | tar -x -C DIR
@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 t0=$(date +%s)
 deadline=$((t0 + ${BUDGET:-540}))
 resume=${RESUME:-}
-if [ -n "$resume" ]; then config=${CONFIG:-train/dit-x4-gpu-resume.json}; else config=${CONFIG:-train/dit-x4-gpu.json}; fi
+if [ -n "$resume" ]; then config=${CONFIG:-train/dit-x4t-gpu-resume.json}; else config=${CONFIG:-train/dit-x4t-gpu.json}; fi
 vae=${VAE:-.gpu/vae}
 clips=${CLIPS:-2000}
 probe=${PROBE:-40}

@@ -196,7 +196,17 @@ fn bad_input_is_one_clear_line() {
     }
 
     // every committed DiT setting parses; the run then stops at the missing latent cache
-    for name in ["dit.json", "dit-stage2.json", "dit-p4.json", "dit-x4.json", "dit-x4-gpu.json"] {
+    for name in [
+        "dit.json",
+        "dit-stage2.json",
+        "dit-p4.json",
+        "dit-x4.json",
+        "dit-x4-gpu.json",
+        "dit-x4-gpu-resume.json",
+        "dit-x4t.json",
+        "dit-x4t-gpu.json",
+        "dit-x4t-gpu-resume.json",
+    ] {
         let committed = repo_root().join("train").join(name);
         let c = committed.to_str().unwrap();
         fails(ciak(&d, &["train", "dit", "--config", c, "--latents", "nowhere", "--vae", "y", "--out", "b"]), "expected a latent cache");
