@@ -177,40 +177,114 @@ impl Heads {
     }
 }
 
+/// The injective maps of `n` objects (n <= 3) into the three object slots: `slots[j]` is object
+/// j's slot.
+fn assignments(n: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..n {
+        let mut next = Vec::new();
+        for a in &out {
+            for s in (0..MAX_OBJECTS).filter(|s| !a.contains(s)) {
+                next.push([a.as_slice(), &[s]].concat());
+            }
+        }
+        out = next;
+    }
+    out
+}
+
 /// Cross-entropy of the heads against the labels (mean over the terms that apply), and for each
 /// head the number of right answers and of answers scored.
+///
+/// Objects are matched to slots per caption, as DETR matches boxes: among the ways to put the
+/// scene's objects into the three object slots, the one with the lowest attribute loss counts,
+/// and slots left empty learn "no object". So a slot need not know an object's place in the
+/// caption's order (relative positions hardly can), only bind its words.
 fn loss_and_hits(logits: &[Vec<Tensor>], labels: &[SceneLabels], device: &Device) -> Result<(Tensor, Vec<(String, usize, usize)>)> {
-    let mut terms = Vec::new();
-    let mut hits = Vec::new();
-    let mut score = |name: String, logits: &Tensor, rows: &[u32], targets: Vec<u32>| -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+    let b = labels.len();
+    let mut sums: Vec<Tensor> = Vec::new();
+    let mut terms = 0usize;
+    let mut hits: Vec<(String, usize, usize)> = Vec::new();
+    let mut hit = |name: &str, right: bool| match hits.iter_mut().find(|h| h.0 == name) {
+        Some(h) => (h.1, h.2) = (h.1 + usize::from(right), h.2 + 1),
+        None => hits.push((name.to_string(), usize::from(right), 1)),
+    };
+    // per-row cross-entropy [B] of a head against one target per row
+    let row_ce = |l: &Tensor, targets: &[u32]| -> Result<Tensor> {
+        let t = Tensor::new(targets, device)?.unsqueeze(1)?;
+        Ok(candle_nn::ops::log_softmax(l, 1)?.gather(&t, 1)?.squeeze(1)?.neg()?)
+    };
+    let argmax = |l: &Tensor| -> Result<Vec<u32>> { Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?) };
+
+    let mut whole = |name: &str, l: &Tensor, targets: Vec<u32>, sums: &mut Vec<Tensor>| -> Result<()> {
+        for (p, t) in argmax(l)?.iter().zip(&targets) {
+            hit(name, p == t);
         }
-        let idx = Tensor::new(rows, device)?;
-        let l = logits.index_select(&idx, 0)?;
-        let right = l.argmax(D::Minus1)?.to_vec1::<u32>()?.iter().zip(&targets).filter(|(a, b)| a == b).count();
-        hits.push((name, right, targets.len()));
-        terms.push(candle_nn::loss::cross_entropy(&l, &Tensor::new(targets, device)?)?);
+        sums.push(row_ce(l, &targets)?.sum_all()?);
         Ok(())
     };
-    let all: Vec<u32> = (0..labels.len() as u32).collect();
     for (h, (name, _)) in BACKGROUND_HEADS.iter().enumerate() {
         let t = labels.iter().map(|l| [l.background_kind, l.background_a, l.background_b][h]).collect();
-        score(name.to_string(), &logits[0][h], &all, t)?;
+        whole(name, &logits[0][h], t, &mut sums)?;
+        terms += b;
     }
+    whole(CAMERA_HEAD.0, &logits[4][0], labels.iter().map(|l| l.camera).collect(), &mut sums)?;
+    terms += b;
+
+    // attribute cost of object j in slot k, per row: [k][j] -> [B] (rows without object j: 0)
+    let mut cost: Vec<Vec<Tensor>> = Vec::new();
     for k in 0..MAX_OBJECTS {
-        let present: Vec<u32> = labels.iter().map(|l| u32::from(l.objects.len() > k)).collect();
-        score(format!("object{}_present", k + 1), &logits[1 + k][0], &all, present)?;
-        let rows: Vec<u32> = all.iter().copied().filter(|&i| labels[i as usize].objects.len() > k).collect();
-        for (h, (name, _)) in OBJECT_HEADS.iter().enumerate().skip(1) {
-            let t = rows.iter().map(|&i| labels[i as usize].objects[k][h - 1]).collect();
-            score(format!("object{}_{name}", k + 1), &logits[1 + k][h], &rows, t)?;
+        let mut row = Vec::new();
+        for j in 0..MAX_OBJECTS {
+            let mut c: Option<Tensor> = None;
+            for h in 1..OBJECT_HEADS.len() {
+                let t: Vec<u32> = labels.iter().map(|l| l.objects.get(j).map_or(0, |o| o[h - 1])).collect();
+                let ce = row_ce(&logits[1 + k][h], &t)?;
+                c = Some(match c {
+                    Some(c) => (c + ce)?,
+                    None => ce,
+                });
+            }
+            row.push(c.expect("object heads"));
+        }
+        cost.push(row);
+    }
+    let values: Vec<Vec<Vec<f32>>> =
+        cost.iter().map(|r| r.iter().map(|c| c.to_vec1::<f32>()).collect::<candle_core::Result<_>>()).collect::<candle_core::Result<_>>()?;
+    let mut chosen = vec![vec![vec![0f32; b]; MAX_OBJECTS]; MAX_OBJECTS]; // [k][j][row]
+    let mut present = vec![vec![0u32; b]; MAX_OBJECTS]; // [k][row]
+    let predictions: Vec<Vec<Vec<u32>>> =
+        (0..MAX_OBJECTS).map(|k| (0..OBJECT_HEADS.len()).map(|h| argmax(&logits[1 + k][h])).collect()).collect::<Result<_>>()?;
+    for (r, l) in labels.iter().enumerate() {
+        let best = assignments(l.objects.len())
+            .into_iter()
+            .min_by(|a, c| {
+                let total = |x: &Vec<usize>| x.iter().enumerate().map(|(j, &k)| values[k][j][r]).sum::<f32>();
+                total(a).total_cmp(&total(c))
+            })
+            .expect("at least the empty assignment");
+        for (j, &k) in best.iter().enumerate() {
+            chosen[k][j][r] = 1.0;
+            present[k][r] = 1;
+            for (h, (name, _)) in OBJECT_HEADS.iter().enumerate().skip(1) {
+                hit(&format!("object_{name}"), predictions[k][h][r] == l.objects[j][h - 1]);
+            }
+            terms += OBJECT_HEADS.len() - 1;
         }
     }
-    score(CAMERA_HEAD.0.to_string(), &logits[4][0], &all, labels.iter().map(|l| l.camera).collect())?;
-    let n = terms.len() as f64;
-    let total = Tensor::stack(&terms, 0)?.sum_all()?;
-    Ok(((total / n)?, hits))
+    for k in 0..MAX_OBJECTS {
+        for j in 0..MAX_OBJECTS {
+            let w = Tensor::new(chosen[k][j].as_slice(), device)?;
+            sums.push((&cost[k][j] * w)?.sum_all()?);
+        }
+        for (p, t) in predictions[k][0].iter().zip(&present[k]) {
+            hit("object_present", p == t);
+        }
+        sums.push(row_ce(&logits[1 + k][0], &present[k])?.sum_all()?);
+        terms += b;
+    }
+    let total = Tensor::stack(&sums, 0)?.sum_all()?;
+    Ok(((total / terms as f64)?, hits))
 }
 
 /// Salts of the pretraining's caption streams.
@@ -240,15 +314,16 @@ impl TextPretrainReport {
     pub fn summary(&self) -> String {
         let acc = |name: &str| self.accuracy.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, a)| a * 100.0);
         format!(
-            "{} steps in {:.0} s, loss {:.3}; held-out accuracy: background {:.0}%, object 1 colour {:.0}% shape {:.0}% motion {:.0}%, object 2 colour {:.0}%",
+            "{} steps in {:.0} s, loss {:.3}; held-out accuracy: background {:.0}% / {:.0}%, objects: colour {:.0}% shape {:.0}% size {:.0}% motion {:.0}%",
             self.steps,
             self.seconds,
             self.last_loss,
             acc("background_a"),
-            acc("object1_color"),
-            acc("object1_shape"),
-            acc("object1_motion"),
-            acc("object2_color")
+            acc("background_b"),
+            acc("object_color"),
+            acc("object_shape"),
+            acc("object_size"),
+            acc("object_motion")
         )
     }
 }
@@ -292,4 +367,22 @@ pub fn pretrain_text_encoder(models: &DitModels, cfg: &TextPretrainConfig, seed:
     }
     let accuracy = totals.into_iter().map(|(name, right, n)| (name, right as f64 / n.max(1) as f64)).collect();
     Ok(TextPretrainReport { steps: cfg.steps, last_loss, eval_captions: cfg.eval_captions, accuracy, seconds: start.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignments_are_every_injective_map_into_the_slots() {
+        for (n, count) in [(0, 1), (1, 3), (2, 6), (3, 6)] {
+            let all = assignments(n);
+            assert_eq!(all.len(), count, "{n} objects");
+            for a in &all {
+                assert_eq!(a.len(), n);
+                assert!(a.iter().all(|&s| s < MAX_OBJECTS));
+                assert!((0..n).all(|i| !a[i + 1..].contains(&a[i])), "{a:?} reuses a slot");
+            }
+        }
+    }
 }

@@ -1224,7 +1224,7 @@ mod tests {
         let x = (TrainRng::new(5).gaussian(&[1, 3, 5, 16, 16], &dev).unwrap() * 0.5).unwrap();
         let eps = TrainRng::new(6).gaussian(&[1, 16, 2, 2, 2], &dev).unwrap();
         let w = VaeLossWeights { l1: 0.0, l2: 1.0, edge: 0.0, kl: 0.01 };
-        let loss = |m: &TrainableVae| vae_loss(&m.step_model().unwrap(), &x, &eps, &w).unwrap();
+        let loss = |m: &TrainableVae| vae_loss(&m.step_model().unwrap(), &x, &eps, &w, VaeTrainPart::All).unwrap();
         let (l, _) = loss(&model);
         let mut grads = l.backward().unwrap();
         let vars: HashMap<String, Var> = sorted_vars(&model.vars).into_iter().collect();
