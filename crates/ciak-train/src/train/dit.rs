@@ -13,7 +13,7 @@ use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
 use super::flow::{drop_captions, flow_batch, mse, weighted_mse, SigmaSampling, TrainRng};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
-use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
 use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
 use candle_core::{DType, Device, Tensor, Var};
@@ -443,6 +443,8 @@ pub struct DitModels {
     pub transformer: WanTransformer3DModel,
     /// The pipeline's text path (tokenizer + UMT5 + zeroed padding) on the trainable weights.
     pub text_encoder: TextEncoder,
+    /// The text encoder is frozen (`text_pretrain`): the loss takes no gradient through it.
+    text_frozen: bool,
     dit_vars: VarMap,
     text_vars: VarMap,
 }
@@ -465,6 +467,7 @@ impl DitModels {
             text_cfg,
             transformer,
             text_encoder: TextEncoder::new(tokenizer, umt5),
+            text_frozen: cfg.text_pretrain.is_some(),
             dit_vars,
             text_vars,
         };
@@ -521,6 +524,8 @@ impl DitModels {
     ) -> Result<Tensor> {
         let fb = flow_batch(latents, noise, sigmas)?;
         let context = self.encode_text(captions)?;
+        // a frozen encoder needs no backward pass through it
+        let context = if self.text_frozen { context.detach() } else { context };
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
         match weights {
             None => mse(&pred, &fb.target),
@@ -774,14 +779,12 @@ impl DitTrainer {
 
     /// Current weights by parameter name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.params.iter().chain(&self.frozen).map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+        current_tensors(self.params.iter().chain(&self.frozen))
     }
 
     /// EMA weights by parameter name (frozen weights as they are).
     pub fn ema_weights(&self) -> HashMap<String, Tensor> {
-        let mut w = self.ema.tensors(&self.params);
-        w.extend(self.frozen.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())));
-        w
+        self.ema.tensors_with_frozen(&self.params, &self.frozen)
     }
 
     /// The learning rate of step `step` (0-based): the schedule's, ramped up linearly over

@@ -208,6 +208,11 @@ impl LrSchedule {
     }
 }
 
+/// Current values by parameter name (detached: they share storage with the parameters).
+pub fn current_tensors<'a>(params: impl IntoIterator<Item = &'a Param>) -> HashMap<String, Tensor> {
+    params.into_iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+}
+
 /// Exponential moving average of parameters: `ema = d*ema + (1-d)*p` after each update, with
 /// `d = min(decay, (1+n)/(10+n))` after n updates so early, poor weights fade quickly.
 pub struct Ema {
@@ -245,6 +250,14 @@ impl Ema {
     /// The averaged weights by parameter name.
     pub fn tensors(&self, params: &[Param]) -> HashMap<String, Tensor> {
         params.iter().zip(&self.shadow).map(|(p, s)| (p.name.clone(), s.clone())).collect()
+    }
+
+    /// [`Self::tensors`] plus the current values of weights a run keeps frozen (their average is
+    /// themselves).
+    pub fn tensors_with_frozen(&self, params: &[Param], frozen: &[Param]) -> HashMap<String, Tensor> {
+        let mut w = self.tensors(params);
+        w.extend(current_tensors(frozen));
+        w
     }
 
     /// Restores averaged weights saved with [`Self::tensors`] and the update count.

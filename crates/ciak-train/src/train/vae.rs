@@ -22,7 +22,7 @@ use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::DIFFUSERS_VERSION;
 use super::flow::TrainRng;
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
-use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::{Result, TrainError, TrainEvent};
 use crate::dataset::sample;
 use crate::rng::Rng;
@@ -818,14 +818,12 @@ impl VaeTrainer {
 
     /// Current weights by diffusers name.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.params.iter().chain(&self.frozen).map(|p| (p.name.clone(), p.var.as_tensor().detach())).collect()
+        current_tensors(self.params.iter().chain(&self.frozen))
     }
 
     /// EMA weights by diffusers name (frozen weights as they are).
     pub fn ema_weights(&self) -> HashMap<String, Tensor> {
-        let mut w = self.ema.tensors(&self.params);
-        w.extend(self.frozen.iter().map(|p| (p.name.clone(), p.var.as_tensor().detach())));
-        w
+        self.ema.tensors_with_frozen(&self.params, &self.frozen)
     }
 
     /// An inference VAE on the EMA weights, with identity latent statistics.
