@@ -8,8 +8,8 @@ use ciak_train::train::latents::{
 };
 use ciak_train::train::lossplot::read_loss_csv;
 use ciak_train::train::vae::{
-    clip_tensor, run_vae_training, training_batch, VaeArch, VaeEvent, VaeLossWeights, VaeTrainConfig, VaeTrainPart,
-    VaeTrainer,
+    clip_tensor, run_vae_training, training_batch, VaeArch, VaeEvent, VaeGroup, VaeLossWeights, VaeTrainConfig,
+    VaeTrainPart, VaeTrainer,
 };
 use ciak_train::train::{LatentSource, TrainEvent};
 use ciak_train::world::{render, SamplerConfig, Scene};
@@ -43,7 +43,7 @@ fn tiny_config() -> VaeTrainConfig {
         adamw: Default::default(),
         grad_clip: 1.0,
         ema_decay: 0.9,
-        loss: VaeLossWeights { l1: 1.0, l2: 1.0, edge: 0.5, kl: 1e-5 },
+        loss: VaeLossWeights { l1: 1.0, l2: 1.0, edge: 0.5, temporal: 0.0, kl: 1e-5 },
         checkpoint_every: 2,
         eval_every: 0,
         eval_clips: 1,
@@ -54,6 +54,8 @@ fn tiny_config() -> VaeTrainConfig {
         image_batch: 2,
         init_from: None,
         train: VaeTrainPart::All,
+        foreground_weight: 0.0,
+        object_crops: 0.0,
     }
 }
 
@@ -98,7 +100,7 @@ fn a_few_steps_reduce_the_loss_on_a_fixed_batch() {
     assert_eq!(&bias[16..], &[-4.0; 16], "init_logvar sets the log-variance half of quant_conv.bias");
     assert!(bias[..16].iter().all(|b| b.abs() < 1.0));
     let x = training_batch(&cfg, 0, &dev).unwrap();
-    assert_eq!(x.dims(), &[2, 3, 5, 16, 16]);
+    assert_eq!(x.x.dims(), &[2, 3, 5, 16, 16]);
     let x = [x];
     let before = trainer.eval_loss(&x, 7).unwrap();
     let mut losses = Vec::new();
@@ -638,7 +640,7 @@ fn overfit_probe() {
     let dev = Device::Cpu;
     let mut t = VaeTrainer::new(&cfg, &dev).unwrap();
     let images = ciak_train::train::vae::training_images(&cfg, 0, &dev).unwrap().unwrap();
-    let batch = [images.narrow(0, 0, 4).unwrap()];
+    let batch = [VaeGroup::from(images.x.narrow(0, 0, 4).unwrap())];
     for s in 0..steps {
         let st = t.train_step_on(&batch).unwrap();
         if s % 10 == 0 || s + 1 == steps {

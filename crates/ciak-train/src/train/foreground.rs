@@ -66,6 +66,26 @@ pub fn foreground_mask(
     Ok(mask)
 }
 
+/// 1 on the pixels of video frame `f` that some object's bounding circle covers on any frame
+/// within `reach` of `f`, else 0; row-major `[frames, height, width]` at the clip's own size.
+///
+/// For a VAE loss that weights objects: with `reach` the frames a latent frame packs, the weight
+/// also covers where a moving object was and will be, which is where a decoder draws its ghosts.
+pub fn pixel_mask(scene: &Scene, reach: usize) -> Vec<f32> {
+    let (w, h, n) = (scene.width(), scene.height(), scene.frames);
+    let mut mask = vec![0f32; n * h * w];
+    for f in 0..n {
+        let plane = &mut mask[f * h * w..(f + 1) * h * w];
+        for g in f.saturating_sub(reach)..(f + reach + 1).min(n) {
+            for i in 0..scene.objects.len() {
+                let s = scene.object_state(i, g);
+                mark_circle(plane, w, h, 1.0, s.center, s.bound);
+            }
+        }
+    }
+    mask
+}
+
 /// Sets the cells of a `width x height` grid of `cell`-pixel squares that a circle touches.
 fn mark_circle(
     plane: &mut [f32],
@@ -162,6 +182,32 @@ mod tests {
         // latent frames after the first hold 4 video frames of a moving ball: a longer smear
         assert!(mean_x(3).1 > n0, "{} vs {n0}", mean_x(3).1);
         assert!(n6 >= n0);
+    }
+
+    #[test]
+    fn pixel_masks_cover_the_ball_and_its_reach_in_time() {
+        let s = scene(Motion::Right);
+        let (w, h) = (s.width(), s.height());
+        let still = pixel_mask(&s, 0);
+        let spread = pixel_mask(&s, 3);
+        assert_eq!(still.len(), s.frames * w * h);
+        let on = |m: &[f32], f: usize| m[f * w * h..(f + 1) * w * h].iter().filter(|&&v| v == 1.0).count();
+        // radius 0.09 x 128 = 11.5 px; a pixel counts when the circle touches it, so between the
+        // disc and the disc one pixel wider
+        let r = s.object_state(0, 12).bound;
+        let disc = |r: f32| std::f32::consts::PI * r * r;
+        let n = on(&still, 12) as f32;
+        assert!(disc(r) < n && n < disc(r + 1.0), "{n} vs {} .. {}", disc(r), disc(r + 1.0));
+        // the centre pixel is marked, a pixel two radii to the side is not
+        let [cx, cy] = s.object_state(0, 12).center;
+        let at = |m: &[f32], x: f32| m[12 * w * h + cy as usize * w + x as usize];
+        assert_eq!(at(&still, cx), 1.0);
+        assert_eq!(at(&still, cx + 2.0 * r), 0.0);
+        // reach 3 adds where the ball was 3 frames before and will be 3 frames after
+        assert!(on(&spread, 12) > on(&still, 12));
+        let [ahead, _] = s.object_state(0, 15).center;
+        assert_eq!(at(&spread, ahead + 0.9 * r), 1.0);
+        assert_eq!(at(&still, ahead + 0.9 * r), 0.0);
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! to reconstruct it, and keeps the decode inside the sampling time budget.
 //!
 //! Objective: reconstruction (L1 + L2, optionally L1 on the spatial gradients, for sharper
-//! edges) of a posterior sample `z = mu + exp(logvar/2) * eps`, plus a small KL to N(0, 1). All
-//! terms are means (per pixel value, per latent value), so the weights do not depend on the crop
-//! size. Afterwards the per-channel `latents_mean`/`latents_std` of the posterior means of
+//! edges, and on the frame-to-frame differences, against ghosts and flicker) of a posterior sample
+//! `z = mu + exp(logvar/2) * eps`, plus a small KL to N(0, 1). All terms are means (per pixel
+//! value, per latent value), so the weights do not depend on the crop size. With
+//! `foreground_weight` the reconstruction means weight the pixels near objects above the
+//! background, and with `object_crops` part of the crops are centred on an object: objects
+//! cover a few percent of a clip, so a plain mean spends its gradient on backdrops. Afterwards the per-channel `latents_mean`/`latents_std` of the posterior means of
 //! full-size clips go into the exported config, as Wan's VAE config carries them.
 //!
 //! Output folder: `config.json` (the run's config), `loss.csv`, `loss.png`, `eval.csv` (PSNR of
@@ -21,6 +24,7 @@
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::DIFFUSERS_VERSION;
 use super::flow::TrainRng;
+use super::foreground::pixel_mask;
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::{Result, TrainError, TrainEvent};
@@ -95,6 +99,10 @@ pub struct VaeLossWeights {
     /// Mean absolute error of the horizontal and vertical pixel differences (edges).
     #[serde(default)]
     pub edge: f64,
+    /// Mean absolute error of the differences between consecutive frames: a moving object drawn
+    /// as a smear or a ghost, or a backdrop that flickers, gets them wrong.
+    #[serde(default)]
+    pub temporal: f64,
     /// Mean KL divergence to N(0, 1) per latent value.
     pub kl: f64,
 }
@@ -193,6 +201,15 @@ pub struct VaeTrainConfig {
     /// Which weights the run trains (see [`VaeTrainPart`]).
     #[serde(default)]
     pub train: VaeTrainPart,
+    /// Extra weight of the pixels an object covers on its frame or the frames a latent frame
+    /// packs around it (see [`pixel_mask`]): they count `1 + foreground_weight` times in the
+    /// reconstruction means. 0: every pixel alike.
+    #[serde(default)]
+    pub foreground_weight: f64,
+    /// Share of the clip crops centred on an object (one picked at random, where it is in the
+    /// middle frame of the window) rather than placed at random.
+    #[serde(default)]
+    pub object_crops: f64,
 }
 
 /// The weights a VAE run trains.
@@ -266,8 +283,15 @@ impl VaeTrainConfig {
             return Err(format!("expected min_lr_ratio in [0, 1], got {}", self.min_lr_ratio));
         }
         let w = &self.loss;
-        if [w.l1, w.l2, w.edge, w.kl].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.l1 + w.l2 + w.edge == 0.0 {
+        let terms = [w.l1, w.l2, w.edge, w.temporal, w.kl];
+        if terms.iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.l1 + w.l2 + w.edge + w.temporal == 0.0 {
             return Err(format!("expected finite, non-negative loss weights with some reconstruction term, got {w:?}"));
+        }
+        if !(self.foreground_weight.is_finite() && self.foreground_weight >= 0.0) {
+            return Err(format!("expected foreground_weight >= 0, got {}", self.foreground_weight));
+        }
+        if !(0.0..=1.0).contains(&self.object_crops) {
+            return Err(format!("expected object_crops in [0, 1], got {}", self.object_crops));
         }
         Ok(())
     }
@@ -433,28 +457,54 @@ pub struct VaeLossParts {
     pub l1: f64,
     pub l2: f64,
     pub edge: f64,
+    pub temporal: f64,
     pub kl: f64,
+}
+
+/// Clips of one shape for one loss term: `x` [B, 3, T, H, W] in [-1, 1], and optionally the
+/// per-pixel weights of the reconstruction means, [B, 1, T, H, W].
+#[derive(Debug, Clone)]
+pub struct VaeGroup {
+    pub x: Tensor,
+    pub weights: Option<Tensor>,
+}
+
+impl From<Tensor> for VaeGroup {
+    fn from(x: Tensor) -> Self {
+        Self { x, weights: None }
+    }
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
-/// Mean |d/dx| and |d/dy| differences between `a` and `b` ([B, C, T, H, W]).
-fn edge_l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let d = (a - b)?;
-    let (.., h, w) = d.dims5()?;
-    let dx = (d.narrow(4, 1, w - 1)? - d.narrow(4, 0, w - 1)?)?.abs()?.mean_all()?;
-    let dy = (d.narrow(3, 1, h - 1)? - d.narrow(3, 0, h - 1)?)?.abs()?.mean_all()?;
-    Ok(((dx + dy)? * 0.5)?)
+/// The mean of `t` ([B, C, T, H, W]), each value weighted by `w` ([B, 1, T, H, W]) when given.
+fn weighted_mean(t: &Tensor, w: Option<&Tensor>) -> Result<Tensor> {
+    match w {
+        None => Ok(t.mean_all()?),
+        Some(w) => {
+            let w = w.broadcast_as(t.shape())?;
+            Ok(((t * &w)?.sum_all()? / scalar(&w.sum_all()?)?)?)
+        }
+    }
 }
 
-/// The training loss for clips `x` ([B, 3, T, H, W] in [-1, 1]) and posterior noise `eps`
-/// (shaped like the latents): a scalar that tracks gradients, and its parts. With `part`
-/// `Decoder` no gradient reaches the encoder.
+/// The (weighted) mean absolute difference of neighbours along `dim` of the error `d`
+/// ([B, C, T, H, W]); a difference takes the weight of its later pixel.
+fn difference_l1(d: &Tensor, dim: usize, w: Option<&Tensor>) -> Result<Tensor> {
+    let n = d.dim(dim)?;
+    let g = (d.narrow(dim, 1, n - 1)? - d.narrow(dim, 0, n - 1)?)?.abs()?;
+    weighted_mean(&g, w.map(|w| w.narrow(dim, 1, n - 1)).transpose()?.as_ref())
+}
+
+/// The training loss for clips `x` ([B, 3, T, H, W] in [-1, 1]) with optional pixel weights
+/// `pw` ([B, 1, T, H, W]) and posterior noise `eps` (shaped like the latents): a scalar that
+/// tracks gradients, and its parts. With `part` `Decoder` no gradient reaches the encoder.
 fn vae_loss(
     model: &StepModel,
     x: &Tensor,
+    pw: Option<&Tensor>,
     eps: &Tensor,
     w: &VaeLossWeights,
     part: VaeTrainPart,
@@ -466,15 +516,23 @@ fn vae_loss(
     let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
     let rec = model.decode_unclamped(&z)?;
     let diff = (&rec - x)?;
-    let l1 = diff.abs()?.mean_all()?;
-    let l2 = diff.sqr()?.mean_all()?;
+    let l1 = weighted_mean(&diff.abs()?, pw)?;
+    let l2 = weighted_mean(&diff.sqr()?, pw)?;
     // KL(N(mu, var) || N(0, 1)) per latent value
     let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?;
     let kl = (kl.mean_all()? * 0.5)?;
     let mut total = ((&l1 * w.l1)? + (&l2 * w.l2)?)?;
-    let edge = if w.edge > 0.0 { Some(edge_l1(&rec, x)?) } else { None };
+    let edge = if w.edge > 0.0 {
+        Some(((difference_l1(&diff, 4, pw)? + difference_l1(&diff, 3, pw)?)? * 0.5)?)
+    } else {
+        None
+    };
     if let Some(e) = &edge {
         total = (total + (e * w.edge)?)?;
+    }
+    let temporal = if w.temporal > 0.0 && diff.dim(2)? > 1 { Some(difference_l1(&diff, 2, pw)?) } else { None };
+    if let Some(t) = &temporal {
+        total = (total + (t * w.temporal)?)?;
     }
     total = (total + (&kl * w.kl)?)?;
     let parts = VaeLossParts {
@@ -482,6 +540,7 @@ fn vae_loss(
         l1: scalar(&l1)?,
         l2: scalar(&l2)?,
         edge: edge.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
+        temporal: temporal.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
         kl: scalar(&kl)?,
     };
     Ok((total, parts))
@@ -518,51 +577,124 @@ fn crop_values(clip: &Clip, t0: usize, t: usize, x0: usize, y0: usize, w: usize,
     out
 }
 
-/// Training batch of step `step` (0-based): item `step * batch + j` of the training scenes of
-/// `seed`, each a random window of `clip_frames` frames and a random crop. A function of the
-/// step alone, so a resumed run sees the same clips.
-///
-/// Shapes: -> [batch, 3, clip_frames, crop_h, crop_w].
-pub fn training_batch(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<Tensor> {
-    let sampler = SamplerConfig::default();
-    let [cw, ch] = cfg.crop;
-    let t = cfg.clip_frames;
-    let mut values = Vec::with_capacity(cfg.batch_size * 3 * t * ch * cw);
-    for j in 0..cfg.batch_size as u64 {
-        let index = step * cfg.batch_size as u64 + j;
-        let scene = sample(cfg.seed, index, &sampler, Split::Train).scene;
-        let clip = render(&scene);
-        let mut rng = Rng::for_item(cfg.seed ^ CROP_SALT, index);
-        let t0 = rng.below(clip.frames - t + 1);
-        let x0 = rng.below(clip.width - cw + 1);
-        let y0 = rng.below(clip.height - ch + 1);
-        values.extend(crop_values(&clip, t0, t, x0, y0, cw, ch));
+/// Frames `t0..t0+t` of the window `[x0, x0+w) x [y0, y0+h)` of a `[frames, height, width]`
+/// plane of `width` columns, as pixel weights `1 + extra * plane`.
+fn crop_weights(plane: &[f32], width: usize, height: usize, win: CropWindow, extra: f32) -> Vec<f32> {
+    let CropWindow { t0, t, x0, y0, w, h } = win;
+    let mut out = Vec::with_capacity(t * h * w);
+    for f in t0..t0 + t {
+        for y in y0..y0 + h {
+            let row = (f * height + y) * width;
+            out.extend(plane[row + x0..row + x0 + w].iter().map(|&m| 1.0 + extra * m));
+        }
     }
-    Ok(Tensor::from_vec(values, (cfg.batch_size, 3, t, ch, cw), device)?)
+    out
+}
+
+/// Where a training crop lies in its clip: frames `t0..t0+t`, pixels `[x0, x0+w) x [y0, y0+h)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CropWindow {
+    t0: usize,
+    t: usize,
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+}
+
+/// A random window of `t` frames and `[w, h]` pixels of `scene`; with probability
+/// `object_crops` centred (as far as the frame allows) on a random object where it is in the
+/// window's middle frame. Draws nothing past the placement when `object_crops` is 0, so runs
+/// without it keep their crops.
+fn crop_window(scene: &Scene, rng: &mut Rng, t: usize, [w, h]: [usize; 2], object_crops: f64) -> CropWindow {
+    let (width, height) = (scene.width(), scene.height());
+    let t0 = rng.below(scene.frames - t + 1);
+    let mut x0 = rng.below(width - w + 1);
+    let mut y0 = rng.below(height - h + 1);
+    if object_crops > 0.0 && rng.chance(object_crops as f32) && !scene.objects.is_empty() {
+        let i = rng.below(scene.objects.len());
+        let [cx, cy] = scene.object_state(i, t0 + t / 2).center;
+        let place =
+            |c: f32, side: usize, full: usize| ((c - side as f32 / 2.0).round().max(0.0) as usize).min(full - side);
+        x0 = place(cx, w, width);
+        y0 = place(cy, h, height);
+    }
+    CropWindow { t0, t, x0, y0, w, h }
+}
+
+/// The clips or images of one group: item `j` of `n` drawn from `scene_of(j)` and cropped (see
+/// [`crop_window`]) with the rng `rng_of(j)`, `t` frames each; with pixel weights when
+/// `cfg.foreground_weight` is set.
+fn crop_group(
+    cfg: &VaeTrainConfig,
+    n: usize,
+    t: usize,
+    scene_of: &dyn Fn(u64) -> Scene,
+    rng_of: &dyn Fn(u64) -> Rng,
+    device: &Device,
+) -> Result<VaeGroup> {
+    let [cw, ch] = cfg.crop;
+    let mut values = Vec::with_capacity(n * 3 * t * ch * cw);
+    let mut weights = Vec::new();
+    for j in 0..n as u64 {
+        let scene = scene_of(j);
+        let clip = render(&scene);
+        let win = crop_window(&scene, &mut rng_of(j), t, cfg.crop, cfg.object_crops);
+        values.extend(crop_values(&clip, win.t0, win.t, win.x0, win.y0, cw, ch));
+        if cfg.foreground_weight > 0.0 {
+            let reach = if t > 1 { temporal_reach(cfg) } else { 0 };
+            let plane = pixel_mask(&scene, reach);
+            weights.extend(crop_weights(&plane, clip.width, clip.height, win, cfg.foreground_weight as f32));
+        }
+    }
+    let weights = if weights.is_empty() { None } else { Some(Tensor::from_vec(weights, (n, 1, t, ch, cw), device)?) };
+    Ok(VaeGroup { x: Tensor::from_vec(values, (n, 3, t, ch, cw), device)?, weights })
+}
+
+/// Frames a latent frame packs after the first (Wan: 4), less one: how far in time the pixel
+/// weights of a clip reach.
+fn temporal_reach(cfg: &VaeTrainConfig) -> usize {
+    (1usize << cfg.vae.temperal_downsample.iter().filter(|&&t| t).count()) - 1
+}
+
+/// Training batch of step `step` (0-based): item `step * batch + j` of the training scenes of
+/// `seed`, each a window of `clip_frames` frames and a crop (see [`crop_window`]). A function of
+/// the step alone, so a resumed run sees the same clips.
+///
+/// Shapes: -> x [batch, 3, clip_frames, crop_h, crop_w], weights [batch, 1, ...].
+pub fn training_batch(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<VaeGroup> {
+    let sampler = SamplerConfig::default();
+    let b = cfg.batch_size as u64;
+    crop_group(
+        cfg,
+        cfg.batch_size,
+        cfg.clip_frames,
+        &|j| sample(cfg.seed, step * b + j, &sampler, Split::Train).scene,
+        &|j| Rng::for_item(cfg.seed ^ CROP_SALT, step * b + j),
+        device,
+    )
 }
 
 /// Single-frame crops of step `step`: item `step * image_batch + j` of a training-scene stream
-/// apart from the clips', one random frame and crop each; `None` when `image_batch` is 0.
+/// apart from the clips', one frame and crop each (see [`crop_window`]); `None` when
+/// `image_batch` is 0.
 ///
-/// Shapes: -> [image_batch, 3, 1, crop_h, crop_w].
-pub fn training_images(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<Option<Tensor>> {
+/// Shapes: -> x [image_batch, 3, 1, crop_h, crop_w], weights [image_batch, 1, ...].
+pub fn training_images(cfg: &VaeTrainConfig, step: u64, device: &Device) -> Result<Option<VaeGroup>> {
     if cfg.image_batch == 0 {
         return Ok(None);
     }
     let sampler = SamplerConfig::default();
-    let [cw, ch] = cfg.crop;
-    let mut values = Vec::with_capacity(cfg.image_batch * 3 * ch * cw);
-    for j in 0..cfg.image_batch as u64 {
-        let index = step * cfg.image_batch as u64 + j;
-        let scene = sample(cfg.seed ^ IMAGE_SALT, index, &sampler, Split::Train).scene;
-        let clip = render(&scene);
-        let mut rng = Rng::for_item(cfg.seed ^ IMAGE_SALT ^ CROP_SALT, index);
-        let t0 = rng.below(clip.frames);
-        let x0 = rng.below(clip.width - cw + 1);
-        let y0 = rng.below(clip.height - ch + 1);
-        values.extend(crop_values(&clip, t0, 1, x0, y0, cw, ch));
-    }
-    Ok(Some(Tensor::from_vec(values, (cfg.image_batch, 3, 1, ch, cw), device)?))
+    let b = cfg.image_batch as u64;
+    let group = crop_group(
+        cfg,
+        cfg.image_batch,
+        1,
+        &|j| sample(cfg.seed ^ IMAGE_SALT, step * b + j, &sampler, Split::Train).scene,
+        &|j| Rng::for_item(cfg.seed ^ IMAGE_SALT ^ CROP_SALT, step * b + j),
+        device,
+    )?;
+    Ok(Some(group))
 }
 
 /// PSNR in dB of `got` against `want`, both in [-1, 1] (peak-to-peak 2, as 255 for 8-bit).
@@ -747,21 +879,21 @@ impl VaeTrainer {
 
     /// The loss on `batch` (see [`Self::train_step_on`]) with the posterior noise drawn from
     /// `noise_seed`, without updating anything.
-    pub fn eval_loss(&self, batch: &[Tensor], noise_seed: u64) -> Result<VaeLossParts> {
+    pub fn eval_loss(&self, batch: &[VaeGroup], noise_seed: u64) -> Result<VaeLossParts> {
         let model = self.model.step_model()?;
         Ok(self.batch_loss(&model, batch, &mut TrainRng::new(noise_seed))?.1)
     }
 
     /// The sum of the losses of the groups in `batch`; the parts are their means.
-    fn batch_loss(&self, model: &StepModel, batch: &[Tensor], rng: &mut TrainRng) -> Result<(Tensor, VaeLossParts)> {
+    fn batch_loss(&self, model: &StepModel, batch: &[VaeGroup], rng: &mut TrainRng) -> Result<(Tensor, VaeLossParts)> {
         if batch.is_empty() {
             return Err(TrainError::Data("expected at least one group of clips, got none".into()));
         }
         let mut total: Option<Tensor> = None;
-        let mut parts = VaeLossParts { total: 0.0, l1: 0.0, l2: 0.0, edge: 0.0, kl: 0.0 };
-        for x in batch {
-            let eps = self.latent_noise(x, rng)?;
-            let (loss, p) = vae_loss(model, x, &eps, &self.cfg.loss, self.cfg.train)?;
+        let mut parts = VaeLossParts { total: 0.0, l1: 0.0, l2: 0.0, edge: 0.0, temporal: 0.0, kl: 0.0 };
+        for g in batch {
+            let eps = self.latent_noise(&g.x, rng)?;
+            let (loss, p) = vae_loss(model, &g.x, g.weights.as_ref(), &eps, &self.cfg.loss, self.cfg.train)?;
             total = Some(match total {
                 Some(t) => (t + loss)?,
                 None => loss,
@@ -771,6 +903,7 @@ impl VaeTrainer {
             parts.l1 += p.l1 / n;
             parts.l2 += p.l2 / n;
             parts.edge += p.edge / n;
+            parts.temporal += p.temporal / n;
             parts.kl += p.kl / n;
         }
         Ok((total.expect("batch is not empty"), parts))
@@ -793,7 +926,7 @@ impl VaeTrainer {
 
     /// One optimizer step on groups of clips, each [B, 3, 1+4k, H, W] in [-1, 1] with H and W
     /// multiples of 8; the loss is the sum of the groups' mean losses.
-    pub fn train_step_on(&mut self, batch: &[Tensor]) -> Result<VaeStepStats> {
+    pub fn train_step_on(&mut self, batch: &[VaeGroup]) -> Result<VaeStepStats> {
         let start = Instant::now();
         let model = self.model.step_model()?;
         let mut rng = self.rng;
@@ -1139,16 +1272,73 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("clip_frames = 1+4k"));
         let bad = VaeTrainConfig { crop: [20, 16], ..cfg.clone() };
         assert!(bad.validate().unwrap_err().contains("multiple of 8"));
-        let bad = VaeTrainConfig { loss: VaeLossWeights { l1: 0.0, l2: 0.0, edge: 0.0, kl: 1.0 }, ..cfg };
+        let none = VaeLossWeights { l1: 0.0, l2: 0.0, edge: 0.0, temporal: 0.0, kl: 1.0 };
+        let bad = VaeTrainConfig { loss: none, ..cfg.clone() };
         assert!(bad.validate().is_err());
+        let only_temporal = VaeLossWeights { l1: 0.0, l2: 0.0, edge: 0.0, temporal: 1.0, kl: 1.0 };
+        VaeTrainConfig { loss: only_temporal, ..cfg.clone() }.validate().unwrap();
+        let bad = VaeTrainConfig { foreground_weight: -1.0, ..cfg.clone() };
+        assert_eq!(bad.validate().unwrap_err(), "expected foreground_weight >= 0, got -1");
+        let bad = VaeTrainConfig { object_crops: 1.5, ..cfg };
+        assert_eq!(bad.validate().unwrap_err(), "expected object_crops in [0, 1], got 1.5");
+    }
+
+    #[test]
+    fn weighted_means_and_differences() {
+        let dev = Device::Cpu;
+        // [1, 1, 2, 1, 3]: frame 0 = 0 1 3, frame 1 = 0 0 0
+        let d = Tensor::from_vec(vec![0f32, 1.0, 3.0, 0.0, 0.0, 0.0], (1, 1, 2, 1, 3), &dev).unwrap();
+        let w = Tensor::from_vec(vec![1f32, 1.0, 3.0, 1.0, 1.0, 1.0], (1, 1, 2, 1, 3), &dev).unwrap();
+        let close = |t: Tensor, want: f64| {
+            let got = scalar(&t).unwrap();
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        };
+        close(weighted_mean(&d, None).unwrap(), 4.0 / 6.0);
+        close(weighted_mean(&d, Some(&w)).unwrap(), (1.0 + 9.0) / 8.0);
+        // along x: |1-0|, |3-1| on frame 0, zeros on frame 1; weights of the later pixel 1, 3, 1, 1
+        close(difference_l1(&d, 4, None).unwrap(), 3.0 / 4.0);
+        close(difference_l1(&d, 4, Some(&w)).unwrap(), (1.0 + 6.0) / 6.0);
+        // along time: |0-0|, |0-1|, |0-3| with frame 1's weights (all 1)
+        close(difference_l1(&d, 2, Some(&w)).unwrap(), 4.0 / 3.0);
+    }
+
+    #[test]
+    fn object_crops_hold_an_object_and_weights_mark_it() {
+        let plain = VaeTrainConfig { crop: [32, 32], clip_frames: 9, ..tiny() };
+        let weighted = VaeTrainConfig { foreground_weight: 3.0, ..plain.clone() };
+        let centred = VaeTrainConfig { object_crops: 1.0, ..weighted.clone() };
+        let dev = Device::Cpu;
+        let mut marked = [0usize; 2];
+        for step in 0..12 {
+            let a = training_batch(&plain, step, &dev).unwrap();
+            assert!(a.weights.is_none());
+            // weights do not move the crops
+            let b = training_batch(&weighted, step, &dev).unwrap();
+            let same = scalar(&(&a.x - &b.x).unwrap().abs().unwrap().sum_all().unwrap()).unwrap();
+            assert_eq!(same, 0.0, "step {step}");
+            for (k, cfg) in [&weighted, &centred].into_iter().enumerate() {
+                let w = training_batch(cfg, step, &dev).unwrap().weights.unwrap();
+                assert_eq!(w.dims(), &[1, 1, 9, 32, 32]);
+                let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(v.iter().all(|&x| x == 1.0 || x == 4.0));
+                // the middle frame of the window (index 4) of a centred crop holds its object
+                let mid = &v[4 * 32 * 32..5 * 32 * 32];
+                marked[k] += mid.iter().any(|&x| x == 4.0) as usize;
+            }
+        }
+        assert_eq!(marked[1], 12, "every centred crop holds an object");
+        assert!(marked[0] < 12, "random 32x32 crops miss objects now and then: {marked:?}");
+        let images = VaeTrainConfig { image_batch: 2, ..centred };
+        let im = training_images(&images, 0, &dev).unwrap().unwrap();
+        assert_eq!(im.weights.unwrap().dims(), &[2, 1, 1, 32, 32]);
     }
 
     #[test]
     fn batches_are_a_function_of_the_step() {
         let cfg = tiny();
-        let a = training_batch(&cfg, 3, &Device::Cpu).unwrap();
-        let b = training_batch(&cfg, 3, &Device::Cpu).unwrap();
-        let c = training_batch(&cfg, 4, &Device::Cpu).unwrap();
+        let a = training_batch(&cfg, 3, &Device::Cpu).unwrap().x;
+        let b = training_batch(&cfg, 3, &Device::Cpu).unwrap().x;
+        let c = training_batch(&cfg, 4, &Device::Cpu).unwrap().x;
         assert_eq!(a.dims(), &[1, 3, 5, 16, 16]);
         let diff = |x: &Tensor, y: &Tensor| scalar(&(x - y).unwrap().abs().unwrap().sum_all().unwrap()).unwrap();
         assert_eq!(diff(&a, &b), 0.0);
@@ -1156,7 +1346,7 @@ mod tests {
         // values in [-1, 1]; a small crop may be one flat colour, but not every one
         let mut varied = false;
         for step in 0..8 {
-            let x = training_batch(&cfg, step, &Device::Cpu).unwrap();
+            let x = training_batch(&cfg, step, &Device::Cpu).unwrap().x;
             let (lo, hi) = (scalar(&x.min_all().unwrap()).unwrap(), scalar(&x.max_all().unwrap()).unwrap());
             assert!((-1.0..=1.0).contains(&lo) && (-1.0..=1.0).contains(&hi), "{lo} {hi}");
             varied |= lo < hi;
@@ -1164,9 +1354,9 @@ mod tests {
         assert!(varied);
         assert!(training_images(&cfg, 0, &Device::Cpu).unwrap().is_none());
         let with_images = VaeTrainConfig { image_batch: 3, ..cfg };
-        let im = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap();
+        let im = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap().x;
         assert_eq!(im.dims(), &[3, 3, 1, 16, 16]);
-        let again = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap();
+        let again = training_images(&with_images, 2, &Device::Cpu).unwrap().unwrap().x;
         assert_eq!(diff(&im, &again), 0.0);
     }
 
@@ -1221,8 +1411,8 @@ mod tests {
         let model = TrainableVae::new(arch.plain_config(), 9, &dev).unwrap();
         let x = (TrainRng::new(5).gaussian(&[1, 3, 5, 16, 16], &dev).unwrap() * 0.5).unwrap();
         let eps = TrainRng::new(6).gaussian(&[1, 16, 2, 2, 2], &dev).unwrap();
-        let w = VaeLossWeights { l1: 0.0, l2: 1.0, edge: 0.0, kl: 0.01 };
-        let loss = |m: &TrainableVae| vae_loss(&m.step_model().unwrap(), &x, &eps, &w, VaeTrainPart::All).unwrap();
+        let w = VaeLossWeights { l1: 0.0, l2: 1.0, edge: 0.0, temporal: 0.0, kl: 0.01 };
+        let loss = |m: &TrainableVae| vae_loss(&m.step_model().unwrap(), &x, None, &eps, &w, VaeTrainPart::All).unwrap();
         let (l, _) = loss(&model);
         let mut grads = l.backward().unwrap();
         let vars: HashMap<String, Var> = sorted_vars(&model.vars).into_iter().collect();
