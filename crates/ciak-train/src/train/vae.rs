@@ -14,8 +14,10 @@
 //! value, per latent value), so the weights do not depend on the crop size. With
 //! `foreground_weight` the reconstruction means weight the pixels near objects above the
 //! background, and with `object_crops` part of the crops are centred on an object: objects
-//! cover a few percent of a clip, so a plain mean spends its gradient on backdrops. Afterwards the per-channel `latents_mean`/`latents_std` of the posterior means of
-//! full-size clips go into the exported config, as Wan's VAE config carries them.
+//! cover a few percent of a clip, so a plain mean spends its gradient on backdrops.
+//!
+//! Afterwards the per-channel `latents_mean`/`latents_std` of the posterior means of full-size
+//! clips go into the exported config, as Wan's VAE config carries them.
 //!
 //! Output folder: `config.json` (the run's config), `loss.csv`, `loss.png`, `eval.csv` (PSNR of
 //! held-out full-size clips), `checkpoint/`, and after the last step `vae/` (diffusers folder of
@@ -560,8 +562,9 @@ pub fn frames_rgb8(x: &Tensor) -> Result<Vec<u8>> {
     Ok(v.iter().map(|&p| ((p.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8).collect())
 }
 
-/// Frames `t0..t0+t` of the window `[x0, x0+w) x [y0, y0+h)` of a clip as [3, t, h, w] in [-1, 1].
-fn crop_values(clip: &Clip, t0: usize, t: usize, x0: usize, y0: usize, w: usize, h: usize) -> Vec<f32> {
+/// The window `win` of a clip as [3, t, h, w] in [-1, 1].
+fn crop_values(clip: &Clip, win: CropWindow) -> Vec<f32> {
+    let CropWindow { t0, t, x0, y0, w, h } = win;
     let mut out = vec![0f32; 3 * t * h * w];
     for c in 0..3 {
         for f in 0..t {
@@ -640,7 +643,7 @@ fn crop_group(
         let scene = scene_of(j);
         let clip = render(&scene);
         let win = crop_window(&scene, &mut rng_of(j), t, cfg.crop, cfg.object_crops);
-        values.extend(crop_values(&clip, win.t0, win.t, win.x0, win.y0, cw, ch));
+        values.extend(crop_values(&clip, win));
         if cfg.foreground_weight > 0.0 {
             let reach = if t > 1 { temporal_reach(cfg) } else { 0 };
             let plane = pixel_mask(&scene, reach);
@@ -1365,7 +1368,7 @@ mod tests {
         let (w, h, f) = (5usize, 4usize, 3usize);
         let pixels: Vec<u8> = (0..w * h * f * 3).map(|i| (i % 251) as u8).collect();
         let clip = Clip { width: w, height: h, frames: f, fps: 12, pixels };
-        let v = crop_values(&clip, 1, 2, 2, 1, 3, 2);
+        let v = crop_values(&clip, CropWindow { t0: 1, t: 2, x0: 2, y0: 1, w: 3, h: 2 });
         // channel 2, frame 1 of the crop (clip frame 2), row 1 (clip row 2), column 0 (clip column 2)
         let want = clip.pixel(2, 2, 2)[2] as f32 / 127.5 - 1.0;
         assert_eq!(v[((2 * 2 + 1) * 2 + 1) * 3], want);
