@@ -32,6 +32,7 @@ fn tiny_config() -> VaeTrainConfig {
             z_dim: 16,
             dim_mult: vec![1, 2, 4, 4],
             temperal_downsample: vec![false, true, true],
+            decoder_base_dim: None,
         },
         batch_size: 2,
         clip_frames: 5,
@@ -291,6 +292,26 @@ fn decoder_fine_tune_keeps_the_encoder_and_its_latent_space() {
     let other = VaeTrainConfig { init_from: Some(fixture_vae()), ..fine.clone() };
     let err = VaeTrainer::new(&other, &dev).err().expect("another architecture is refused").to_string();
     assert!(err.contains("expected a VAE of (base_dim"), "{err}");
+
+    // a wider decoder behind the same encoder: the encoder loads, the decoder starts fresh
+    let wide = VaeTrainConfig { vae: VaeArch { decoder_base_dim: Some(8), ..fine.vae.clone() }, ..fine.clone() };
+    let wide_out = tmp.path().join("wide");
+    run_vae_training(&wide, &wide_out, false, &mut |_| {}).unwrap();
+    let wider = load(&wide_out.join("vae"));
+    for (name, t) in &before {
+        if VaeTrainPart::Decoder.trains(name) {
+            continue;
+        }
+        assert_eq!(values(t), values(&wider[name]), "`{name}` comes from the folder's encoder");
+    }
+    let (o, w) = (&before["decoder.conv_in.weight"], &wider["decoder.conv_in.weight"]);
+    assert_eq!(o.dim(0).unwrap() * 2, w.dim(0).unwrap(), "decoder width 8 against base_dim 4");
+    let exported: AutoencoderKLWanConfig = read_config(&wide_out.join("vae")).unwrap();
+    assert_eq!(exported.decoder_base_dim, Some(8));
+    let base_cfg: AutoencoderKLWanConfig = read_config(&base.join("vae")).unwrap();
+    assert_eq!((exported.latents_mean, exported.latents_std), (base_cfg.latents_mean, base_cfg.latents_std));
+    let err = VaeTrainer::new(&VaeTrainConfig { train: VaeTrainPart::All, ..wide }, &dev).err().unwrap().to_string();
+    assert!(err.contains("expected a decoder of width 4 as in this folder, got 8"), "{err}");
 
     // a config file names the folder relative to itself
     let file = tmp.path().join("fine.json");

@@ -59,6 +59,10 @@ pub struct VaeArch {
     pub dim_mult: Vec<usize>,
     #[serde(default = "defaults::temperal_downsample")]
     pub temperal_downsample: Vec<bool>,
+    /// Width of the decoder's levels in place of `base_dim` (diffusers' `decoder_base_dim`, as
+    /// Wan2.2's VAE has): a wider decoder behind the same encoder. `None`: `base_dim`.
+    #[serde(default)]
+    pub decoder_base_dim: Option<usize>,
 }
 
 impl VaeArch {
@@ -66,7 +70,7 @@ impl VaeArch {
     pub fn config(&self, latents_mean: Vec<f64>, latents_std: Vec<f64>) -> AutoencoderKLWanConfig {
         AutoencoderKLWanConfig {
             base_dim: self.base_dim,
-            decoder_base_dim: None,
+            decoder_base_dim: self.decoder_base_dim,
             z_dim: self.z_dim,
             dim_mult: self.dim_mult.clone(),
             num_res_blocks: self.num_res_blocks,
@@ -405,9 +409,22 @@ impl TrainableVae {
 
     /// Sets every weight from a diffusers `vae/` folder of the same architecture and returns its
     /// latent statistics.
-    fn load_folder(&self, dir: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+    /// Loads the weights of a trained VAE folder; returns its latent statistics. A decoder of
+    /// another width than the folder's keeps its fresh weights (only when `train` is the
+    /// decoder: a wider decoder trained behind the folder's encoder).
+    fn load_folder(&self, dir: &Path, train: VaeTrainPart) -> Result<(Vec<f64>, Vec<f64>)> {
         let bad = |message: String| TrainError::Config { path: dir.to_path_buf(), message };
         let cfg: AutoencoderKLWanConfig = read_config(dir)?;
+        let width = |c: &AutoencoderKLWanConfig| c.decoder_base_dim.unwrap_or(c.base_dim);
+        let fresh_decoder = width(&cfg) != width(&self.cfg);
+        if fresh_decoder && train != VaeTrainPart::Decoder {
+            return Err(bad(format!(
+                "expected a decoder of width {} as in this folder, got {} (a decoder of another width trains \
+                 from fresh weights, with \"train\": \"decoder\")",
+                width(&cfg),
+                width(&self.cfg)
+            )));
+        }
         let arch = |c: &AutoencoderKLWanConfig| {
             (c.base_dim, c.z_dim, c.dim_mult.clone(), c.num_res_blocks, c.temperal_downsample.clone())
         };
@@ -423,6 +440,9 @@ impl TrainableVae {
             weights.extend(candle_core::safetensors::load(&file, &self.device)?);
         }
         for (name, var) in sorted_vars(&self.vars) {
+            if fresh_decoder && VaeTrainPart::Decoder.trains(&name) {
+                continue;
+            }
             let t = weights.get(&name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))?;
             if t.dims() != var.dims() {
                 return Err(bad(format!("`{name}`: expected shape {:?}, got {:?}", var.dims(), t.dims())));
@@ -756,6 +776,7 @@ pub fn vae_config_json(cfg: &AutoencoderKLWanConfig) -> serde_json::Value {
         "_diffusers_version": DIFFUSERS_VERSION,
         "attn_scales": cfg.attn_scales,
         "base_dim": cfg.base_dim,
+        "decoder_base_dim": cfg.decoder_base_dim,
         "dim_mult": cfg.dim_mult,
         "dropout": cfg.dropout,
         "latents_mean": cfg.latents_mean,
@@ -852,7 +873,7 @@ impl VaeTrainer {
             model.set_logvar_bias(logvar)?;
         }
         let init_stats = match &cfg.init_from {
-            Some(dir) => Some(model.load_folder(dir)?),
+            Some(dir) => Some(model.load_folder(dir, cfg.train)?),
             None => None,
         };
         let (params, frozen): (Vec<Param>, Vec<Param>) = model.params().into_iter().partition(|p| cfg.train.trains(&p.name));
@@ -1385,6 +1406,7 @@ mod tests {
             z_dim: 16,
             dim_mult: defaults::dim_mult(),
             temperal_downsample: defaults::temperal_downsample(),
+            decoder_base_dim: None,
         };
         let model = TrainableVae::new(arch.plain_config(), 9, &dev).unwrap();
         let step = model.step_model().unwrap();
@@ -1410,6 +1432,7 @@ mod tests {
             z_dim: 16,
             dim_mult: defaults::dim_mult(),
             temperal_downsample: defaults::temperal_downsample(),
+            decoder_base_dim: None,
         };
         let model = TrainableVae::new(arch.plain_config(), 9, &dev).unwrap();
         let x = (TrainRng::new(5).gaussian(&[1, 3, 5, 16, 16], &dev).unwrap() * 0.5).unwrap();
