@@ -268,9 +268,9 @@ impl VaeTrainConfig {
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("expected {name} >= 1, got 0"));
         }
-        v.plain_config().validate().map_err(|e| format!("vae: {e}"))?;
-        let spatial = 1usize << (v.dim_mult.len() - 1);
-        let temporal = 1usize << v.temperal_downsample.iter().filter(|&&t| t).count();
+        let arch = v.plain_config();
+        arch.validate().map_err(|e| format!("vae: {e}"))?;
+        let (spatial, temporal) = (arch.spatial_ratio(), arch.temporal_ratio());
         if self.clip_frames == 0 || (self.clip_frames - 1) % temporal != 0 || self.clip_frames > 25 {
             return Err(format!("expected clip_frames = 1+{temporal}k and at most 25, got {}", self.clip_frames));
         }
@@ -659,25 +659,20 @@ fn crop_group(
     let [cw, ch] = cfg.crop;
     let mut values = Vec::with_capacity(n * 3 * t * ch * cw);
     let mut weights = Vec::new();
+    // a clip's weights reach over the frames a latent frame packs after the first (Wan: 4), less one
+    let reach = if t > 1 { cfg.vae.plain_config().temporal_ratio() - 1 } else { 0 };
     for j in 0..n as u64 {
         let scene = scene_of(j);
         let clip = render(&scene);
         let win = crop_window(&scene, &mut rng_of(j), t, cfg.crop, cfg.object_crops);
         values.extend(crop_values(&clip, win));
         if cfg.foreground_weight > 0.0 {
-            let reach = if t > 1 { temporal_reach(cfg) } else { 0 };
             let plane = pixel_mask(&scene, reach);
             weights.extend(crop_weights(&plane, clip.width, clip.height, win, cfg.foreground_weight as f32));
         }
     }
     let weights = if weights.is_empty() { None } else { Some(Tensor::from_vec(weights, (n, 1, t, ch, cw), device)?) };
     Ok(VaeGroup { x: Tensor::from_vec(values, (n, 3, t, ch, cw), device)?, weights })
-}
-
-/// Frames a latent frame packs after the first (Wan: 4), less one: how far in time the pixel
-/// weights of a clip reach.
-fn temporal_reach(cfg: &VaeTrainConfig) -> usize {
-    (1usize << cfg.vae.temperal_downsample.iter().filter(|&&t| t).count()) - 1
 }
 
 /// Training batch of step `step` (0-based): item `step * batch + j` of the training scenes of
