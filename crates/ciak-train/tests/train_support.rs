@@ -75,5 +75,6 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         text_pretrain: None,
         text_local_attention: 0.0,
         vae: None,
+        image_steps: None,
     }
 }

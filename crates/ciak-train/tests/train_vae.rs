@@ -590,7 +590,7 @@ fn train_builtin_vae() {
     let out = std::env::var("VAE_OUT").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/vae-train"));
     let resume = std::env::var("VAE_RESUME").is_ok_and(|v| v == "1");
     let summary = run_vae_training(&cfg, &out, resume, &mut |e| match e {
-        VaeEvent::Train(TrainEvent::Step { step, total, loss, lr, grad_norm, samples_per_sec, elapsed }) => {
+        VaeEvent::Train(TrainEvent::Step { step, total, loss, lr, grad_norm, samples_per_sec, elapsed, .. }) => {
             if step % 10 == 0 || *step == 1 {
                 println!(
                     "step {step}/{total} loss {loss:.5} lr {lr:.2e} grad {grad_norm:.3} {samples_per_sec:.2} clips/s {:.0}s",

@@ -371,15 +371,16 @@ impl StepPrinter {
         let stage = self.stage;
         match e {
             TrainEvent::Resumed { step, path } => println!("{stage}: resuming after step {step} from {}", path.display()),
-            TrainEvent::Step { step, total, loss, lr, samples_per_sec, .. } => {
+            TrainEvent::Step { step, total, loss, lr, samples_per_sec, images, .. } => {
                 let first = *self.first_step.get_or_insert(*step);
                 if step % self.log_every != 0 && step != total && *step != first {
                     return;
                 }
                 let done = (step - first + 1) as f64;
                 let eta = self.started.elapsed().as_secs_f64() / done * (total - step) as f64;
+                let unit = if *images { "images" } else { "clips" };
                 println!(
-                    "{stage}: step {step}/{total}  loss {loss:.5}  lr {lr:.2e}  {samples_per_sec:.2} clips/s  ETA {}",
+                    "{stage}: step {step}/{total}  loss {loss:.5}  lr {lr:.2e}  {samples_per_sec:.2} {unit}/s  ETA {}",
                     hms(eta)
                 );
             }

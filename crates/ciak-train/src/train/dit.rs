@@ -198,6 +198,49 @@ pub struct DitTrainConfig {
     /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
     #[serde(default)]
     pub vae: Option<PathBuf>,
+    /// Joint image and video training, as Wan trains on images beside its videos: a share of the
+    /// steps trains on single frames instead of clips. `None`: clips only.
+    #[serde(default)]
+    pub image_steps: Option<ImageSteps>,
+}
+
+/// Steps on single frames: each is the first latent frame of cached clips. The causal VAE encodes
+/// a clip's first latent frame from its first frame alone, so that slice is exactly the latent of
+/// the image, and the DiT (temporal patch 1) sees it as a one-frame video at RoPE frame 0. An image
+/// has a seventh of a default clip's tokens and a fiftieth of its attention, so a step on
+/// `batches x batch_size` images costs less than one on `batch_size` clips: the appearance of
+/// objects and backgrounds (colour, shape, size, where things are) is learned from several times
+/// more scenes per CPU hour, and the clip steps teach motion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSteps {
+    /// Share of the optimizer steps that train on images, in (0, 1]. Which steps is fixed by the
+    /// step number (step s, 0-based, is an image step when floor((s + 1) share) > floor(s share)),
+    /// so a resumed run draws the same steps.
+    pub share: f64,
+    /// Batches of `batch_size` clips drawn from the latent cache per image step; their first
+    /// frames train together (one forward per aspect ratio, the loss weighted by image count).
+    pub batches: usize,
+}
+
+impl ImageSteps {
+    /// Whether step `step` (0-based) trains on images.
+    pub fn is_image_step(&self, step: u64) -> bool {
+        ((step + 1) as f64 * self.share).floor() > (step as f64 * self.share).floor()
+    }
+
+    fn validate(&self, patch_t: usize) -> std::result::Result<(), String> {
+        if !(self.share > 0.0 && self.share <= 1.0) {
+            return Err(format!("expected image_steps.share in (0, 1], got {}", self.share));
+        }
+        if self.batches == 0 {
+            return Err("expected image_steps.batches >= 1, got 0".into());
+        }
+        if patch_t != 1 {
+            return Err(format!("image_steps needs transformer.patch_size[0] = 1 (one latent frame per image), got {patch_t}"));
+        }
+        Ok(())
+    }
 }
 
 impl DitTrainConfig {
@@ -262,6 +305,9 @@ impl DitTrainConfig {
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(format!("expected min_lr_ratio in [0, 1], got {}", self.min_lr_ratio));
+        }
+        if let Some(images) = &self.image_steps {
+            images.validate(t.patch_size[0])?;
         }
         Ok(())
     }
@@ -660,6 +706,22 @@ pub struct StepStats {
     pub lr: f64,
     pub grad_norm: f64,
     pub duration: Duration,
+    /// Clips, or images on an image step, that the step trained on.
+    pub samples: usize,
+    /// Whether it was an image step (`image_steps`).
+    pub images: bool,
+}
+
+/// A source's batch, checked against the model's latent channels.
+fn check_batch(batch: LatentBatch, channels: usize) -> Result<LatentBatch> {
+    let dims = batch.latents.dims();
+    if dims.len() != 5 || dims[0] != batch.captions.len() || dims[1] != channels || dims[0] == 0 {
+        return Err(TrainError::Data(format!(
+            "expected latents [B, {channels}, F, H, W] with one caption per clip, got {dims:?} and {} captions",
+            batch.captions.len()
+        )));
+    }
+    Ok(batch)
 }
 
 impl DitTrainer {
@@ -731,29 +793,45 @@ impl DitTrainer {
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<StepStats> {
         let start = Instant::now();
-        let batch = source.batch(self.cfg.batch_size)?;
-        mark("batch")?;
-        let dims = batch.latents.dims().to_vec();
         let c = self.cfg.transformer.latent_channels;
-        if dims.len() != 5 || dims[0] != batch.captions.len() || dims[1] != c || dims[0] == 0 {
-            return Err(TrainError::Data(format!(
-                "expected latents [B, {c}, F, H, W] with one caption per clip, got {dims:?} and {} captions",
-                batch.captions.len()
-            )));
-        }
-        // draws in a fixed order: captions, noise levels, noise
-        let captions = drop_captions(&batch.captions, self.cfg.caption_dropout, &mut self.rng);
-        let sigmas: Vec<f32> = (0..dims[0])
-            .map(|_| self.cfg.sigma_sampling.sample_with_terminal(&mut self.rng, self.cfg.shift, self.cfg.terminal_share) as f32)
-            .collect();
-        let device = batch.latents.device().clone();
-        let noise = self.rng.gaussian(&dims, &device)?;
-        let weights = match (&batch.foreground, self.cfg.foreground_weight) {
-            (Some(mask), fw) if fw > 0.0 => Some(((mask * fw)? + 1.0)?),
-            _ => None,
+        let images = self.cfg.image_steps.as_ref().is_some_and(|i| i.is_image_step(self.step));
+        let groups = match (&self.cfg.image_steps, images) {
+            (Some(spec), true) => {
+                let mut batches = Vec::with_capacity(spec.batches);
+                for _ in 0..spec.batches {
+                    batches.push(check_batch(source.batch(self.cfg.batch_size)?, c)?.first_frames(1)?);
+                }
+                LatentBatch::group_by_shape(batches)?
+            }
+            _ => vec![check_batch(source.batch(self.cfg.batch_size)?, c)?],
         };
+        mark("batch")?;
+        let samples: usize = groups.iter().map(|g| g.captions.len()).sum();
+        // draws in a fixed order, group by group: captions, noise levels, noise
+        let mut inputs = Vec::with_capacity(groups.len());
+        for batch in &groups {
+            let captions = drop_captions(&batch.captions, self.cfg.caption_dropout, &mut self.rng);
+            let sigmas: Vec<f32> = (0..batch.captions.len())
+                .map(|_| self.cfg.sigma_sampling.sample_with_terminal(&mut self.rng, self.cfg.shift, self.cfg.terminal_share) as f32)
+                .collect();
+            let noise = self.rng.gaussian(batch.latents.dims(), batch.latents.device())?;
+            let weights = match (&batch.foreground, self.cfg.foreground_weight) {
+                (Some(mask), fw) if fw > 0.0 => Some(((mask * fw)? + 1.0)?),
+                _ => None,
+            };
+            inputs.push((captions, sigmas, noise, weights));
+        }
         mark("noise")?;
-        let loss = self.models.loss(&batch.latents, &captions, &noise, &sigmas, weights.as_ref())?;
+        let mut loss: Option<Tensor> = None;
+        for (batch, (captions, sigmas, noise, weights)) in groups.iter().zip(&inputs) {
+            let part = self.models.loss(&batch.latents, captions, noise, sigmas, weights.as_ref())?;
+            let part = if groups.len() == 1 { part } else { (part * (batch.captions.len() as f64 / samples as f64))? };
+            loss = Some(match loss {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+        let loss = loss.ok_or_else(|| TrainError::Data("the step drew no batch".into()))?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         mark("forward")?;
         if !loss_value.is_finite() {
@@ -774,7 +852,7 @@ impl DitTrainer {
         self.step += 1;
         let duration = start.elapsed();
         self.seconds += duration.as_secs_f64();
-        Ok(StepStats { loss: loss_value, lr, grad_norm: norm, duration })
+        Ok(StepStats { loss: loss_value, lr, grad_norm: norm, duration, samples, images })
     }
 
     /// Current weights by parameter name.
@@ -933,7 +1011,8 @@ pub fn run_dit_training(
             loss: stats.loss,
             lr: stats.lr,
             grad_norm: stats.grad_norm,
-            samples_per_sec: cfg.batch_size as f64 / stats.duration.as_secs_f64().max(1e-9),
+            samples_per_sec: stats.samples as f64 / stats.duration.as_secs_f64().max(1e-9),
+            images: stats.images,
             elapsed: Duration::from_secs_f64(trainer.seconds()),
         });
         let out_of_time = cfg.max_seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s);

@@ -98,6 +98,47 @@ pub struct LatentBatch {
     pub foreground: Option<Tensor>,
 }
 
+impl LatentBatch {
+    /// The first `frames` latent frames of every clip (masks too), captions unchanged.
+    pub fn first_frames(&self, frames: usize) -> Result<Self> {
+        let have = self.latents.dim(2)?;
+        if frames == 0 || frames > have {
+            return Err(TrainError::Data(format!("expected 1 to {have} latent frames to keep, got {frames}")));
+        }
+        let foreground = match &self.foreground {
+            Some(mask) => Some(mask.narrow(2, 0, frames)?.contiguous()?),
+            None => None,
+        };
+        Ok(Self { latents: self.latents.narrow(2, 0, frames)?.contiguous()?, captions: self.captions.clone(), foreground })
+    }
+
+    /// Joins batches of the same latent shape (all but the batch dimension) into one, keeping the
+    /// order in which each shape first appears and the batches' order within a shape.
+    pub fn group_by_shape(batches: Vec<Self>) -> Result<Vec<Self>> {
+        let mut groups: Vec<Vec<Self>> = Vec::new();
+        for b in batches {
+            match groups.iter_mut().find(|g| g[0].latents.dims()[1..] == b.latents.dims()[1..]) {
+                Some(g) => g.push(b),
+                None => groups.push(vec![b]),
+            }
+        }
+        groups.into_iter().map(Self::concat).collect()
+    }
+
+    fn concat(parts: Vec<Self>) -> Result<Self> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let latents = Tensor::cat(&parts.iter().map(|p| &p.latents).collect::<Vec<_>>(), 0)?;
+        let masks: Option<Vec<&Tensor>> = parts.iter().map(|p| p.foreground.as_ref()).collect();
+        let foreground = match masks {
+            Some(m) => Some(Tensor::cat(&m, 0)?),
+            None => None,
+        };
+        Ok(Self { latents, captions: parts.into_iter().flat_map(|p| p.captions).collect(), foreground })
+    }
+}
+
 /// Where training clips come from (the toy world through the VAE latent cache, or a test source).
 ///
 /// The state round-trips through a checkpoint, so a resumed run draws the same batches as an
@@ -126,8 +167,11 @@ pub enum TrainEvent {
         lr: f64,
         /// Gradient norm before clipping.
         grad_norm: f64,
-        /// Clips per second over this step (data, text encoder, DiT forward and backward, update).
+        /// Clips (images on an image step) per second over this step (data, text encoder, DiT
+        /// forward and backward, update).
         samples_per_sec: f64,
+        /// Whether the step trained on images (`image_steps` of the DiT config).
+        images: bool,
         /// Training time so far, across resumes.
         elapsed: Duration,
     },

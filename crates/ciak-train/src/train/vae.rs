@@ -1176,6 +1176,7 @@ pub fn run_vae_training_on(
             lr: stats.lr,
             grad_norm: stats.grad_norm,
             samples_per_sec: (cfg.batch_size + cfg.image_batch) as f64 / stats.duration.as_secs_f64().max(1e-9),
+            images: false,
             elapsed: Duration::from_secs_f64(trainer.seconds()),
         }));
         progress(&VaeEvent::Loss { step, parts: stats.loss });
