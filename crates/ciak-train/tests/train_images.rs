@@ -12,6 +12,13 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
 }
 
+fn assert_same_weights(a: &DitTrainer, b: &DitTrainer) {
+    let (wa, wb) = (a.weights(), b.weights());
+    for (name, t) in &wa {
+        assert!(bits(t) == bits(&wb[name]), "`{name}` differs");
+    }
+}
+
 /// Hands out the first `frames` latent frames of another source's clips.
 struct FirstFrames<S>(S, usize);
 
@@ -82,10 +89,7 @@ fn an_image_step_is_a_clip_step_on_the_first_latent_frames() {
         assert_eq!((sa.samples, sb.samples), (2, 2));
         assert_eq!(sa.loss.to_bits(), sb.loss.to_bits());
     }
-    let (wa, wb) = (images.weights(), clips_of_one_frame.weights());
-    for (name, t) in &wa {
-        assert!(bits(t) == bits(&wb[name]), "`{name}` differs");
-    }
+    assert_same_weights(&images, &clips_of_one_frame);
 }
 
 #[test]
@@ -130,10 +134,7 @@ fn a_resume_across_image_steps_is_exact() {
     let mut second = DitTrainer::resume(&cfg, &ckpt, &mut src2, &dev).unwrap();
     resumed.extend((2..5).map(|_| second.train_step(&mut src2).unwrap().loss.to_bits()));
     assert_eq!(losses, resumed);
-    let (wa, wb) = (straight.weights(), second.weights());
-    for (name, t) in &wa {
-        assert!(bits(t) == bits(&wb[name]), "`{name}` differs");
-    }
+    assert_same_weights(&straight, &second);
 }
 
 #[test]
