@@ -57,6 +57,8 @@ fn main() {
     // the two x0 predictions (the part that follows the noise: leaked noise, which an exact model
     // does not have, since E[x0 | caption] does not depend on it) and the error of their average
     let mut leak = [0f32; 2];
+    // x0 error with the own caption per latent frame (frame 0 is the first video frame alone)
+    let mut frame_sums: Vec<Vec<f32>> = vec![Vec::new(); 5];
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
@@ -90,6 +92,14 @@ fn main() {
                 let background = mse(&clip_mean(&x0), &z_mean);
                 sums[si][ci] += mse(&x0, &z) / clips as f32;
                 mean_sums[si][ci] += background / clips as f32;
+                if ci == 0 {
+                    let frames = z.dim(2).unwrap();
+                    let row = &mut frame_sums[si];
+                    row.resize(row.len().max(frames), 0.0);
+                    for (f, acc) in row.iter_mut().enumerate().take(frames) {
+                        *acc += mse(&x0.narrow(2, f, 1).unwrap(), &z.narrow(2, f, 1).unwrap()) / clips as f32;
+                    }
+                }
                 if s == 1.0 && ci < 2 {
                     scene_rows[i][ci] = background;
                 }
@@ -104,6 +114,11 @@ fn main() {
     println!("sigma   own caption   other scene's caption   empty caption");
     for (si, s) in sigmas.iter().enumerate() {
         println!("{s:5}   {:11.4}   {:21.4}   {:13.4}", sums[si][0], sums[si][1], sums[si][2]);
+    }
+    println!("by latent frame, own caption (0: the first frame alone; then 4 frames each):");
+    for (si, s) in sigmas.iter().enumerate() {
+        let cells: Vec<String> = frame_sums[si].iter().map(|e| format!("{e:.4}")).collect();
+        println!("{s:5}   {}", cells.join("  "));
     }
     println!(
         "sigma 1, own caption, two noise draws: noise-dependent part of x0 {:.4}, error of the two-draw mean {:.4}",
