@@ -121,6 +121,13 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
     }
     generates(&d, &model);
 
+    // joint image training: image steps say so in the progress line
+    let mut img = tiny_dit();
+    img["image_steps"] = serde_json::json!({"share": 1.0, "batches": 2});
+    write(&d.join("img.json"), &img);
+    let out = ok(ciak(&d, &["train", "dit", "--config", "img.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/img", "--stop-at", "1", "--log-every", "1"]));
+    assert!(out.contains("dit: step 1/3") && out.contains("images/s") && !out.contains("clips/s"), "{out}");
+
     // a decoder fine-tune of the trained VAE keeps its latent statistics
     let mut dec: Value = serde_json::from_str(&std::fs::read_to_string(d.join("vae.json")).unwrap()).unwrap();
     dec["train"] = "decoder".into();
@@ -184,6 +191,13 @@ fn bad_input_is_one_clear_line() {
     bad_spread["latents"] = serde_json::json!({"clips": 4, "seed": 1, "placement_spread": -1});
     write(&d.join("badspread.json"), &bad_spread);
     fails(ciak(&d, &["train", "dit", "--config", "badspread.json", "--latents", "x", "--vae", "y", "--out", "a"]), "placement_spread");
+    let mut bad_images = tiny_dit();
+    bad_images["image_steps"] = serde_json::json!({"share": 2, "batches": 6});
+    write(&d.join("badimages.json"), &bad_images);
+    fails(
+        ciak(&d, &["train", "dit", "--config", "badimages.json", "--latents", "x", "--vae", "y", "--out", "a"]),
+        "expected image_steps.share in (0, 1], got 2",
+    );
     fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
     // --device: an unknown name, and CUDA in a build without it
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--device", "gpu"]), "expected --device cpu or cuda, got `gpu`");
@@ -204,6 +218,7 @@ fn bad_input_is_one_clear_line() {
         "dit-x4-gpu.json",
         "dit-x4-gpu-resume.json",
         "dit-x4t.json",
+        "dit-x4ti.json",
         "dit-x4t-gpu.json",
         "dit-x4t-gpu-resume.json",
     ] {
