@@ -57,9 +57,9 @@ fn main() {
     // the two x0 predictions (the part that follows the noise: leaked noise, which an exact model
     // does not have, since E[x0 | caption] does not depend on it) and the error of their average
     let mut leak = [0f32; 2];
-    // x0 error with the own caption per latent frame (frame 0 is the first video frame alone)
-    let mut frame_sums: Vec<Vec<f32>> = vec![Vec::new(); 5];
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
+    // x0 error with the own caption per latent frame (frame 0 is the first video frame alone)
+    let mut frame_sums: Vec<Vec<f32>> = vec![Vec::new(); sigmas.len()];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
         let other = (1..scenes.len()).map(|k| (i + k) % scenes.len()).find(|&j| scenes[j].aspect == scene.aspect);

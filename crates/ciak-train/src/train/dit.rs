@@ -794,16 +794,17 @@ impl DitTrainer {
     ) -> Result<StepStats> {
         let start = Instant::now();
         let c = self.cfg.transformer.latent_channels;
-        let images = self.cfg.image_steps.as_ref().is_some_and(|i| i.is_image_step(self.step));
-        let groups = match (&self.cfg.image_steps, images) {
-            (Some(spec), true) => {
+        let image_spec = self.cfg.image_steps.as_ref().filter(|i| i.is_image_step(self.step));
+        let images = image_spec.is_some();
+        let groups = match image_spec {
+            Some(spec) => {
                 let mut batches = Vec::with_capacity(spec.batches);
                 for _ in 0..spec.batches {
                     batches.push(check_batch(source.batch(self.cfg.batch_size)?, c)?.first_frames(1)?);
                 }
                 LatentBatch::group_by_shape(batches)?
             }
-            _ => vec![check_batch(source.batch(self.cfg.batch_size)?, c)?],
+            None => vec![check_batch(source.batch(self.cfg.batch_size)?, c)?],
         };
         mark("batch")?;
         let samples: usize = groups.iter().map(|g| g.captions.len()).sum();
@@ -825,7 +826,8 @@ impl DitTrainer {
         let mut loss: Option<Tensor> = None;
         for (batch, (captions, sigmas, noise, weights)) in groups.iter().zip(&inputs) {
             let part = self.models.loss(&batch.latents, captions, noise, sigmas, weights.as_ref())?;
-            let part = if groups.len() == 1 { part } else { (part * (batch.captions.len() as f64 / samples as f64))? };
+            // a group's share of the images (1 for a clip step: exact, the same bits as no scaling)
+            let part = (part * (batch.captions.len() as f64 / samples as f64))?;
             loss = Some(match loss {
                 Some(acc) => (acc + part)?,
                 None => part,

@@ -407,8 +407,6 @@ impl TrainableVae {
         sorted_vars(&self.vars).into_iter().map(|(k, v)| Param::new(k, v)).collect()
     }
 
-    /// Sets every weight from a diffusers `vae/` folder of the same architecture and returns its
-    /// latent statistics.
     /// Loads the weights of a trained VAE folder; returns its latent statistics. A decoder of
     /// another width than the folder's keeps its fresh weights (only when `train` is the
     /// decoder: a wider decoder trained behind the folder's encoder).
