@@ -3,6 +3,7 @@ mod bench;
 mod doctor;
 mod eval_cmd;
 mod generate;
+mod malloc;
 mod options;
 mod progress;
 mod train_cmd;
@@ -31,6 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -158,4 +158,21 @@ fn doctor_prints_what_ciak_sees() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cpu:") && text.contains("cuda:") && text.contains("built-in model:"), "{text}");
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // ciak pins glibc's thresholds unless the user set them (src/malloc.rs)
+        let own = Command::new(env!("CARGO_BIN_EXE_ciak"))
+            .arg("doctor")
+            .env_remove("MALLOC_TRIM_THRESHOLD_")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&own.stdout).contains("allocator: mmap threshold 32 MiB"), "{text}");
+        let user = Command::new(env!("CARGO_BIN_EXE_ciak"))
+            .arg("doctor")
+            .env("MALLOC_MMAP_THRESHOLD_", "65536")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&user.stdout).contains("allocator: as set by MALLOC_MMAP_THRESHOLD_"));
+    }
 }
