@@ -112,6 +112,9 @@ pub struct GenerationDefaults {
     pub fps: f64,
     pub steps: usize,
     pub guidance: f64,
+    /// Guidance only below this noise level (sigma); see `GenerateRequest::guidance_below`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_below: Option<f64>,
     pub negative_prompt: String,
     /// Sizes (width, height) the model was trained at, one per aspect ratio; `--aspect` picks the
     /// one whose ratio matches. Empty: sizes of the default's area are derived.
@@ -129,6 +132,7 @@ impl Default for GenerationDefaults {
             fps: 16.0,
             steps: 50,
             guidance: 5.0,
+            guidance_below: None,
             negative_prompt: String::new(),
             sizes: Vec::new(),
         }

@@ -38,6 +38,11 @@ pub struct GenerateRequest {
     pub steps: usize,
     /// Classifier-free guidance scale; guidance is applied when it is above 1, as in diffusers.
     pub guidance: f64,
+    /// A guidance interval: guidance only at noise levels (sigma, 0 to 1) below this one; the
+    /// steps at or above it use the conditional prediction alone (one transformer pass). Guidance
+    /// at the highest noise levels pulls every sample toward the caption's mean clip; a model that
+    /// has not learned to place objects then draws none (docs/training.md). `None`: every step.
+    pub guidance_below: Option<f64>,
     /// Replaces the checkpoint scheduler's flow shift.
     pub shift: Option<f64>,
     /// Replaces the checkpoint scheduler's family (same shift and training timesteps).
@@ -58,6 +63,7 @@ impl GenerateRequest {
             frames: 81,
             steps: 50,
             guidance: 5.0,
+            guidance_below: None,
             shift: None,
             scheduler: None,
             seed: 0,
@@ -246,7 +252,9 @@ pub fn denoise(
         let _span = tracing::info_span!("step", i, total).entered();
         let t = scheduler.timesteps()[i];
         let x = latents.to_dtype(dtype)?;
-        let velocity = if do_cfg {
+        let sigma = scheduler.sigmas()[i];
+        let guided = do_cfg && req.guidance_below.is_none_or(|below| sigma < below);
+        let velocity = if guided {
             // Both guidance branches in one batch: same math as two passes, one weight read.
             let x2 = Tensor::cat(&[&x, &x], 0)?;
             let t2 = Tensor::new(&[t as f32, t as f32], &device)?;
@@ -255,7 +263,7 @@ pub fn denoise(
             (&uncond + ((cond - &uncond)? * req.guidance)?)?
         } else {
             let t1 = Tensor::new(&[t as f32], &device)?;
-            transformer.forward(&x, &t1, context, None)?.to_dtype(DType::F32)?
+            transformer.forward(&x, &t1, &context.narrow(0, 0, 1)?, None)?.to_dtype(DType::F32)?
         };
         latents = scheduler.step(&velocity, i, &latents)?;
         on_step(i + 1, total)?;
@@ -327,6 +335,11 @@ impl Geometry {
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 {
             return bad(format!("expected a guidance scale >= 0, got {}", req.guidance));
+        }
+        if let Some(below) = req.guidance_below {
+            if !(below > 0.0 && below <= 1.0) {
+                return bad(format!("expected a guidance interval bound (sigma) in (0, 1], got {below}"));
+            }
         }
         if let Some(shift) = req.shift {
             if !shift.is_finite() || shift <= 0.0 {

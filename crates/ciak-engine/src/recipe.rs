@@ -17,6 +17,9 @@ pub struct Recipe {
     pub steps: usize,
     pub shift: f64,
     pub guidance: f64,
+    /// Guidance only below this noise level; absent: at every step (and in older recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_below: Option<f64>,
     pub seed: u64,
     pub width: usize,
     pub height: usize,

@@ -83,6 +83,26 @@ fn same_seed_same_bits_other_seed_other_clip() {
 }
 
 #[test]
+fn a_guidance_interval_guides_only_the_steps_below_it() {
+    let pipe = pipeline(DType::F32);
+    let req = GenerateRequest { guidance: 5.0, steps: 4, ..small_request(3) };
+    let sigmas: Vec<f64> = pipe.scheduler.build(req.steps, None).unwrap().sigmas().to_vec();
+    let run = |r: &GenerateRequest| bits(&pipe.generate(r, &mut |_| {}, None).unwrap().latents);
+    let every_step = run(&req);
+    // a bound under every step's sigma: no step is guided, which is guidance 1 (the prompt alone)
+    let none = run(&GenerateRequest { guidance_below: Some(sigmas[3] / 2.0), ..req.clone() });
+    assert_eq!(none, run(&GenerateRequest { guidance: 1.0, ..req.clone() }));
+    // a bound between the first and the second step: the first is unguided, the rest guided
+    let mid = run(&GenerateRequest { guidance_below: Some((sigmas[0] + sigmas[1]) / 2.0), ..req.clone() });
+    assert_ne!(mid, every_step);
+    assert_ne!(mid, none);
+    // a bound over the first step's sigma changes nothing
+    if sigmas[0] < 1.0 {
+        assert_eq!(run(&GenerateRequest { guidance_below: Some(1.0), ..req.clone() }), every_step);
+    }
+}
+
+#[test]
 fn progress_reports_every_step_and_cancel_stops_the_run() {
     let pipe = pipeline(DType::F32);
     let mut events = Vec::new();
@@ -128,6 +148,9 @@ fn bad_requests_say_what_was_expected() {
         (GenerateRequest { prompt: "  ".into(), ..small_request(0) }, "expected a prompt"),
         (GenerateRequest { shift: Some(0.0), ..small_request(0) }, "expected a shift > 0"),
         (GenerateRequest { guidance: f64::NAN, ..small_request(0) }, "expected a guidance scale"),
+        (GenerateRequest { guidance_below: Some(0.0), ..small_request(0) }, "expected a guidance interval bound (sigma) in (0, 1], got 0"),
+        (GenerateRequest { guidance_below: Some(1.5), ..small_request(0) }, "in (0, 1], got 1.5"),
+        (GenerateRequest { guidance_below: Some(f64::NAN), ..small_request(0) }, "in (0, 1], got NaN"),
     ];
     for (req, want) in cases {
         let err = pipe.generate(&req, &mut |_| {}, None).unwrap_err().to_string();

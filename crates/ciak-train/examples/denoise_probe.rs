@@ -5,9 +5,16 @@
 //! noise has a sampling problem; one that blurs them away has not learned them.
 //!
 //!   cargo run --release -p ciak-train --example denoise_probe -- MODEL_DIR OUT_DIR [CLIPS] [SIGMAS]
+//!       [SAMPLE_STEPS [GUIDANCE [GUIDE_BELOW]]]
 //!
 //! SIGMAS: comma-separated noise levels, default 0.3,0.6,0.9 (1 shows what the model expects of
 //! the caption alone).
+//!
+//! SAMPLE_STEPS (optional, after SIGMAS): instead of one x0 prediction, sample from the noised
+//! clip down to sigma 0 in that many Euler steps with classifier-free guidance GUIDANCE (default
+//! 5; the empty caption as the unconditional branch), as image-to-video strength would: does the
+//! sampler keep an object it is given at that noise level, or erase it? GUIDE_BELOW: guidance only
+//! at noise levels under it (a guidance interval), the conditional prediction alone above.
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
@@ -27,6 +34,11 @@ fn main() {
         Some(list) => list.split(',').map(|s| s.parse().expect("SIGMAS: comma-separated numbers")).collect(),
         None => vec![0.3, 0.6, 0.9],
     };
+    let sample_steps: Option<usize> = args.get(5).map(|s| s.parse().expect("SAMPLE_STEPS: a whole number"));
+    let guidance: f64 = args.get(6).map(|s| s.parse().expect("GUIDANCE: a number")).unwrap_or(5.0);
+    // guidance only below this noise level (a guidance interval); above it the conditional alone
+    let guide_below: f64 = args.get(7).map(|s| s.parse().expect("GUIDE_BELOW: a number")).unwrap_or(f64::INFINITY);
+    let uncond = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
     for i in 0..clips {
         let scene = eval_scene(1, i);
         let caption = canonical_caption(&scene);
@@ -40,10 +52,32 @@ fn main() {
         for &s in &sigmas {
             let xt = ((&z * (1.0 - s)).unwrap() + (&noise * s).unwrap()).unwrap();
             let t = Tensor::new(&[(s * 1000.0) as f32], &dev).unwrap();
-            let v = pipe.transformer.forward(&xt, &t, &ctx, None).unwrap();
-            let x0 = (&xt - (v * s).unwrap()).unwrap();
+            let x0 = match sample_steps {
+                None => {
+                    let v = pipe.transformer.forward(&xt, &t, &ctx, None).unwrap();
+                    (&xt - (v * s).unwrap()).unwrap()
+                }
+                Some(n) => {
+                    // flow matching: x_s = (1 - s) x0 + s noise, dx/ds = v = noise - x0
+                    let mut x = xt.clone();
+                    for k in 0..n {
+                        let (from, to) = (s * (n - k) as f64 / n as f64, s * (n - k - 1) as f64 / n as f64);
+                        let t = Tensor::new(&[(from * 1000.0) as f32], &dev).unwrap();
+                        let vc = pipe.transformer.forward(&x, &t, &ctx, None).unwrap();
+                        let v = if from < guide_below {
+                            let vu = pipe.transformer.forward(&x, &t, &uncond, None).unwrap();
+                            (&vu + ((vc - &vu).unwrap() * guidance).unwrap()).unwrap()
+                        } else {
+                            vc
+                        };
+                        x = (x + (v * (to - from)).unwrap()).unwrap();
+                    }
+                    x
+                }
+            };
             let mse = (&x0 - &z).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-            println!("clip {i} sigma {s}: latent MSE of the x0 prediction {mse:.4}  ({caption})");
+            let what = if sample_steps.is_some() { "the sample" } else { "the x0 prediction" };
+            println!("clip {i} sigma {s}: latent MSE of {what} {mse:.4}  ({caption})");
             let dec = pipe.vae.decode(&pipe.vae.denormalize_latents(&x0).unwrap()).unwrap();
             rows.push(frames_rgb8(&dec).unwrap());
         }

@@ -26,6 +26,9 @@ pub struct EvalArgs {
     /// Classifier-free guidance scale (default: the model's own, from its ciak.json).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Guidance only at noise levels (sigma) below this (default: the model's own).
+    #[arg(long, value_name = "SIGMA")]
+    pub guidance_below: Option<f64>,
     /// Seed of the first prompt; prompt i of the set uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -124,6 +127,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             bail!("expected --guidance >= 0, got {g}");
         }
     }
+    if let Some(b) = args.guidance_below {
+        if !(b > 0.0 && b <= 1.0) {
+            bail!("expected --guidance-below in (0, 1], got {b}");
+        }
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let clips_dir = args.out.join("clips");
     if args.videos {
@@ -145,6 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             model: args.model.clone(),
             steps: args.steps.unwrap_or(defaults.steps),
             guidance: args.guidance.unwrap_or(defaults.guidance),
+            guidance_below: args.guidance_below.or(defaults.guidance_below),
             seed: args.seed,
             negative_prompt: String::new(),
         }),

@@ -43,6 +43,10 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (default: the model's).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Guidance only at noise levels (sigma, 0 to 1) below this; the steps above use the prompt
+    /// alone (default: the model's; none: every step)
+    #[arg(long, value_name = "SIGMA")]
+    pub guidance_below: Option<f64>,
     /// Flow shift (default: the checkpoint scheduler's).
     #[arg(long)]
     pub shift: Option<f64>,
@@ -102,6 +106,7 @@ struct Plan {
     fps: f64,
     steps: usize,
     guidance: f64,
+    guidance_below: Option<f64>,
     shift: Option<f64>,
     scheduler: Option<SchedulerKind>,
     seed: u64,
@@ -164,6 +169,11 @@ fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefau
         fps,
         steps: args.steps.or(recipe.map(|r| r.steps)).unwrap_or(defaults.steps),
         guidance: args.guidance.or(recipe.map(|r| r.guidance)).unwrap_or(defaults.guidance),
+        // a recipe is a whole description: its absent interval means none, not the model's
+        guidance_below: match recipe {
+            Some(r) => args.guidance_below.or(r.guidance_below),
+            None => args.guidance_below.or(defaults.guidance_below),
+        },
         shift: args.shift.or(recipe.map(|r| r.shift)),
         scheduler,
         seed,
@@ -238,6 +248,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         frames,
         steps: plan.steps,
         guidance: plan.guidance,
+        guidance_below: plan.guidance_below,
         shift,
         scheduler,
         seed,
@@ -308,6 +319,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             steps: plan.steps,
             shift,
             guidance: plan.guidance,
+            guidance_below: plan.guidance_below,
             seed,
             width,
             height,

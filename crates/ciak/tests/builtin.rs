@@ -157,6 +157,7 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
         (vec!["eval", "--limit", "0"], "expected --limit of at least 1, got 0"),
         (vec!["eval", "--steps", "0"], "expected --steps of at least 1, got 0"),
         (vec!["eval", "--guidance=-1"], "expected --guidance >= 0, got -1"),
+        (vec!["eval", "--guidance-below", "0"], "expected --guidance-below in (0, 1], got 0"),
         (vec!["eval", "--model", "no/such-model", "--limit", "1"], "model `no/such-model` not found"),
     ] {
         let out = ciak(dir.path(), &cache, &args);

@@ -60,6 +60,7 @@ fn generate_writes_a_decodable_mp4_and_a_recipe_that_rerenders_it() {
     assert_eq!(recipe["seed"], 7);
     assert_eq!(recipe["prompt"], "a red ball");
     assert_eq!(recipe["weights_sha256"].as_str().unwrap().len(), 64);
+    assert!(recipe.get("guidance_below").is_none(), "no interval asked, none recorded: {recipe}");
 
     // Same recipe, same frames, bit for bit.
     let again = ciak(dir.path(), &["generate", "--recipe", "clip.json", "-o", "again.mp4", "--frames-dir", "b"]);
@@ -70,6 +71,29 @@ fn generate_writes_a_decodable_mp4_and_a_recipe_that_rerenders_it() {
         let b = std::fs::read(dir.path().join("b").join(&name)).unwrap();
         assert_eq!(a, b, "frame {i} differs after re-rendering from the recipe");
     }
+}
+
+#[test]
+fn a_guidance_interval_is_recorded_in_the_recipe_and_rerendered() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let run = |extra: &[&str], dir_name: &str| {
+        let mut args = vec!["a red ball", "--seed", "7", "--frames-dir", dir_name];
+        args.extend_from_slice(extra);
+        let out = ciak(dir.path(), &tiny_args(model, &args));
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read(dir.path().join(dir_name).join("frame_00004.png")).unwrap()
+    };
+    let every_step = run(&["-o", "a.mp4"], "a");
+    let interval = run(&["-o", "b.mp4", "--guidance-below", "0.5"], "b");
+    assert_ne!(every_step, interval, "guiding only below sigma 0.5 changes the clip");
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("b.json")).unwrap()).unwrap();
+    assert_eq!(recipe["guidance_below"], 0.5);
+    let again = ciak(dir.path(), &["generate", "--recipe", "b.json", "-o", "c.mp4", "--frames-dir", "c"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(std::fs::read(dir.path().join("c/frame_00004.png")).unwrap(), interval);
 }
 
 #[test]
@@ -103,6 +127,7 @@ fn bad_input_is_one_line_nonzero_and_leaves_no_file() {
         (vec!["generate", "--model", model, "--size", "big", "--frames", "5", "x", "-o", "o.mp4"], "expected --size WIDTHxHEIGHT"),
         (tiny_args(model, &["x", "--dtype", "f64", "-o", "o.mp4"]), "expected --dtype f32, bf16 or f16, got `f64`"),
         (tiny_args(model, &["x", "--scheduler", "ddim", "-o", "o.mp4"]), "expected scheduler unipc or euler, got `ddim`"),
+        (tiny_args(model, &["x", "--guidance-below", "1.5", "-o", "o.mp4"]), "expected a guidance interval bound (sigma) in (0, 1], got 1.5"),
         (tiny_args(model, &["x", "-o", "o.mp4", "--strip", "missing/s.png"]), "folder missing does not exist"),
         (tiny_args(model, &["x", "-o", "o.mp4", "--strip", "s.png", "--strip-frames", "0"]), "invalid value '0' for '--strip-frames <STRIP_FRAMES>'"),
     ];

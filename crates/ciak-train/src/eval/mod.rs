@@ -113,6 +113,8 @@ pub struct ModelSource<'a> {
     pub model: String,
     pub steps: usize,
     pub guidance: f64,
+    /// Guidance only below this noise level (`GenerateRequest::guidance_below`).
+    pub guidance_below: Option<f64>,
     /// Prompt `i` of the set uses seed `seed + i`, so a `--limit` run matches the full run.
     pub seed: u64,
     pub negative_prompt: String,
@@ -121,10 +123,11 @@ pub struct ModelSource<'a> {
 impl ClipSource for ModelSource<'_> {
     fn describe(&self) -> String {
         format!(
-            "model {}: {} steps, guidance {}, seed {} + prompt index, scheduler {} (shift {})",
+            "model {}: {} steps, guidance {}{}, seed {} + prompt index, scheduler {} (shift {})",
             self.model,
             self.steps,
             self.guidance,
+            self.guidance_below.map(|b| format!(" below sigma {b}")).unwrap_or_default(),
             self.seed,
             self.pipe.scheduler.kind(),
             self.pipe.scheduler.shift()
@@ -141,6 +144,7 @@ impl ClipSource for ModelSource<'_> {
             frames: prompt.frames,
             steps: self.steps,
             guidance: self.guidance,
+            guidance_below: self.guidance_below,
             shift: None,
             scheduler: None,
             seed: self.seed.wrapping_add(index as u64),
