@@ -75,8 +75,15 @@ fn model_source_runs_the_pipeline_and_vae_roundtrip() {
     let dir = WanModelDir::open(&tiny_wan()).unwrap();
     let pipe = WanPipeline::load(&dir, &LoadOptions { device: Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32 }).unwrap();
     let set = EvalSet::builtin();
-    let mut source =
-        ModelSource { pipe: &pipe, model: "tiny-wan".into(), steps: 2, guidance: 5.0, seed: 7, negative_prompt: String::new() };
+    let mut source = ModelSource {
+        pipe: &pipe,
+        model: "tiny-wan".into(),
+        steps: 2,
+        guidance: 5.0,
+        guidance_below: None,
+        seed: 7,
+        negative_prompt: String::new(),
+    };
     let mut frames = Vec::new();
     let report = run_eval(&set, &mut source, Some(1), &mut |_, _, r, clip| {
         frames.push(clip.pixels.clone());
