@@ -25,12 +25,17 @@ fn should_tune(var: impl Fn(&str) -> Option<String>) -> bool {
     ENV_VARS.iter().all(|name| var(name).is_none())
 }
 
+/// [`should_tune`] on this process's environment.
+fn env_allows_tuning() -> bool {
+    should_tune(|name| std::env::var(name).ok())
+}
+
 /// What [`tune`] did, for `ciak doctor`.
 pub fn describe() -> String {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return "the platform's defaults".to_string();
     }
-    if should_tune(|name| std::env::var(name).ok()) {
+    if env_allows_tuning() {
         let (mmap, trim) = (MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20);
         format!("mmap threshold {mmap} MiB, trim threshold {trim} MiB (ciak's settings)")
     } else {
@@ -42,7 +47,7 @@ pub fn describe() -> String {
 pub fn tune() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if should_tune(|name| std::env::var(name).ok()) {
+        if env_allows_tuning() {
             // SAFETY: mallopt only changes the allocator's parameters, under the allocator's own lock.
             unsafe {
                 return libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1
@@ -68,7 +73,7 @@ mod tests {
     fn the_thresholds_are_accepted_by_glibc() {
         // glibc refuses an mmap threshold above its maximum (mallopt returns 0); where the user
         // set the variables, tune() leaves them and reports false
-        if should_tune(|name| std::env::var(name).ok()) && cfg!(all(target_os = "linux", target_env = "gnu")) {
+        if env_allows_tuning() && cfg!(all(target_os = "linux", target_env = "gnu")) {
             assert!(tune());
         } else {
             assert!(!tune());
