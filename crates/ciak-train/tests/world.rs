@@ -328,3 +328,42 @@ fn placement_spread_centres_the_track_and_still_places_every_object() {
     assert!(tight.iter().all(|s| s.validate().is_ok()));
     assert!(tight.iter().any(|s| s.objects.len() == 3));
 }
+
+#[test]
+fn amount_spread_zero_gives_every_motion_one_strength() {
+    let scenes = |a: f32| {
+        let cfg = SamplerConfig {
+            object_count_weights: [1.0, 0.0, 0.0],
+            camera_probability: 0.0,
+            placement_spread: 0.0,
+            amount_spread: a,
+            ..Default::default()
+        };
+        let mut rng = Rng::new(5);
+        (0..400).map(|_| sample_scene(&mut rng, &cfg, Split::Train)).collect::<Vec<_>>()
+    };
+    // the strength of each (motion, size, shape, aspect) where nothing shortened it: one value at
+    // spread 0, several at spread 1
+    let distinct = |scenes: &[ciak_train::world::Scene]| {
+        let mut seen: std::collections::HashMap<String, Vec<f32>> = Default::default();
+        for s in scenes {
+            let o = &s.objects[0];
+            let key = format!("{:?} {:?} {:?} {:?}", o.motion, o.size, o.shape, s.aspect);
+            let v = seen.entry(key).or_default();
+            if !v.iter().any(|x| (x - o.amount).abs() < 1e-6) {
+                v.push(o.amount);
+            }
+        }
+        seen.values().map(Vec::len).max().unwrap()
+    };
+    let (fixed, free) = (scenes(0.0), scenes(1.0));
+    assert_eq!(distinct(&fixed), 1);
+    assert!(distinct(&free) > 3, "{}", distinct(&free));
+    assert!(fixed.iter().all(|s| s.validate().is_ok()));
+    // the fixed strength is the middle of the motion's range where the frame allows it
+    let right = fixed
+        .iter()
+        .find(|s| s.objects[0].motion == Motion::Right && s.objects[0].size == Size::Small && s.aspect == Aspect::Wide)
+        .unwrap();
+    assert!((right.objects[0].amount - 0.5).abs() < 1e-6, "{:?}", right.objects[0]);
+}

@@ -99,7 +99,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Latents(a) => {
             let device = a.device.open()?;
-            latents_stage(&a.vae, a.count, a.seed, a.placement_spread, &a.out, a.resume, &device)
+            let layout = LatentLayout { placement_spread: a.placement_spread, amount_spread: a.amount_spread };
+            latents_stage(&a.vae, a.count, a.seed, layout, &a.out, a.resume, &device)
         }
         TrainCommand::Dit(a) => {
             let device = a.device.open()?;
@@ -145,8 +146,23 @@ pub struct DitRunSettings {
     /// The latent cache `train all` builds: training items `0..clips` of `seed`.
     pub latent_clips: usize,
     pub latent_seed: u64,
-    /// `latents.placement_spread` (default 1).
+    /// `latents.placement_spread` and `latents.amount_spread` (default 1 each).
+    pub layout: LatentLayout,
+}
+
+/// How the scenes of a latent cache are laid out: the centred fractions of the room an object
+/// starts in and of its motion's range of strength (`SamplerConfig::placement_spread`,
+/// `amount_spread`); 1 each is the world's full distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatentLayout {
     pub placement_spread: f32,
+    pub amount_spread: f32,
+}
+
+impl Default for LatentLayout {
+    fn default() -> Self {
+        Self { placement_spread: 1.0, amount_spread: 1.0 }
+    }
 }
 
 /// The tokenizer value that means "the built-in word-level tokenizer, written next to the run".
@@ -166,19 +182,21 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
         .with_context(|| format!("bad config {}: expected a `generation` object (ciak.json defaults)", path.display()))?;
     let generation = parse_generation(&generation).with_context(|| format!("bad config {}", path.display()))?;
     let latents = obj.remove("latents");
-    let (latent_clips, latent_seed, placement_spread) = match &latents {
-        None => (0, 0, 1.0),
+    let (latent_clips, latent_seed, layout) = match &latents {
+        None => (0, 0, LatentLayout::default()),
         Some(l) => {
             let clips = l.get("clips").and_then(Value::as_u64);
             let seed = l.get("seed").and_then(Value::as_u64);
-            let spread = match l.get("placement_spread") {
+            let spread = |key: &str| match l.get(key) {
                 None => Some(1.0),
                 Some(v) => v.as_f64().filter(|s| (0.0..=1.0).contains(s)),
             };
-            match (clips, seed, spread) {
-                (Some(c), Some(s), Some(p)) if c > 0 => (c as usize, s, p as f32),
+            match (clips, seed, spread("placement_spread"), spread("amount_spread")) {
+                (Some(c), Some(s), Some(p), Some(a)) if c > 0 => {
+                    (c as usize, s, LatentLayout { placement_spread: p as f32, amount_spread: a as f32 })
+                }
                 _ => bail!(
-                    "bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S, \"placement_spread\": 0..1 (optional)}}, got {l}",
+                    "bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S, \"placement_spread\": 0..1, \"amount_spread\": 0..1 (both optional)}}, got {l}",
                     path.display()
                 ),
             }
@@ -204,7 +222,7 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
     }
     train.vae = train.vae.map(|v| base.join(v));
     train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
-    Ok(DitRunSettings { train, generation, latent_clips, latent_seed, placement_spread })
+    Ok(DitRunSettings { train, generation, latent_clips, latent_seed, layout })
 }
 
 /// `generation` must name every field: a missing one would silently become Wan2.1's default.
@@ -276,6 +294,10 @@ pub struct LatentsArgs {
     /// `SamplerConfig::placement_spread`).
     #[arg(long, default_value_t = 1.0)]
     pub placement_spread: f32,
+    /// Fraction of each motion's range of strength (travel, growth, turn) drawn from, centred (1:
+    /// the whole range; 0: one strength per motion; see `SamplerConfig::amount_spread`).
+    #[arg(long, default_value_t = 1.0)]
+    pub amount_spread: f32,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -475,9 +497,11 @@ fn has_latent_files(dir: &Path) -> bool {
     })
 }
 
-fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, resume: bool, device: &Device) -> Result<()> {
+fn latents_stage(vae: &Path, count: usize, seed: u64, layout: LatentLayout, out: &Path, resume: bool, device: &Device) -> Result<()> {
     ensure!(count > 0, "expected --count of at least 1, got 0");
-    ensure!((0.0..=1.0).contains(&spread), "expected a placement spread in [0, 1], got {spread}");
+    let LatentLayout { placement_spread, amount_spread } = layout;
+    ensure!((0.0..=1.0).contains(&placement_spread), "expected a placement spread in [0, 1], got {placement_spread}");
+    ensure!((0.0..=1.0).contains(&amount_spread), "expected an amount spread in [0, 1], got {amount_spread}");
     ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
     match (resume, has_latent_files(out)) {
         (true, false) => bail!("nothing to resume in {}: no latent cache files there (drop --resume)", out.display()),
@@ -487,7 +511,7 @@ fn latents_stage(vae: &Path, count: usize, seed: u64, spread: f32, out: &Path, r
     let cfg = LatentCacheConfig {
         seed,
         clips: count,
-        sampler: SamplerConfig { placement_spread: spread, ..SamplerConfig::default() },
+        sampler: SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() },
         shard_clips: 64,
         dtype: CacheDType::F16,
     };
@@ -579,7 +603,7 @@ fn all(a: AllArgs) -> Result<()> {
     }
 
     let resume_latents = a.resume && has_latent_files(&latents_out);
-    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.placement_spread, &latents_out, resume_latents, &device)?;
+    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.layout, &latents_out, resume_latents, &device)?;
 
     let model = dit_out.join("model");
     if done(&model.join("ciak.json")) {

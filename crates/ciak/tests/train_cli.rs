@@ -54,7 +54,7 @@ fn tiny_dit() -> Value {
         "tokenizer": "builtin",
         "text_len": 16, "batch_size": 1, "steps": 3, "lr": 0.001, "warmup_steps": 1, "ema_decay": 0.5,
         "checkpoint_every": 2, "foreground_weight": 2.0,
-        "latents": { "clips": 3, "seed": 2, "placement_spread": 0.5 },
+        "latents": { "clips": 3, "seed": 2, "placement_spread": 0.5, "amount_spread": 0.0 },
         "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "",
                         "sizes": [[64, 48], [48, 64]] }
     })
@@ -149,6 +149,10 @@ fn train_all_runs_the_stages_and_resume_skips_finished_ones() {
     let out = ok(ciak(&d, &all));
     assert!(out.contains("all: the model is in"), "{out}");
     generates(&d, &d.join("run/dit/model"));
+    // the cache was laid out as the config's `latents` says
+    let cache: Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/latents/cache.json")).unwrap()).unwrap();
+    assert_eq!(cache["config"]["sampler"]["placement_spread"], 0.5);
+    assert_eq!(cache["config"]["sampler"]["amount_spread"], 0.0);
     // everything done: a resume only checks the cache and says so
     let out = ok(ciak(&d, &[&all[..], &["--resume"]].concat()));
     assert!(out.contains("vae: already trained") && out.contains("dit: already trained"), "{out}");
@@ -187,6 +191,14 @@ fn bad_input_is_one_clear_line() {
         ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--placement-spread", "1.5", "--out", "a"]),
         "expected a placement spread in [0, 1], got 1.5",
     );
+    fails(
+        ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--amount-spread", "1.5", "--out", "a"]),
+        "expected an amount spread in [0, 1], got 1.5",
+    );
+    let mut bad_amount = tiny_dit();
+    bad_amount["latents"] = serde_json::json!({"clips": 4, "seed": 1, "amount_spread": 2});
+    write(&d.join("badamount.json"), &bad_amount);
+    fails(ciak(&d, &["train", "dit", "--config", "badamount.json", "--latents", "x", "--vae", "y", "--out", "a"]), "amount_spread");
     let mut bad_spread = tiny_dit();
     bad_spread["latents"] = serde_json::json!({"clips": 4, "seed": 1, "placement_spread": -1});
     write(&d.join("badspread.json"), &bad_spread);

@@ -30,6 +30,11 @@ pub struct SamplerConfig {
     /// from noise much sooner when the caption pins it down; objects that do not fit a narrow
     /// spot (the second of two) fall back to the whole room after half of their tries.
     pub placement_spread: f32,
+    /// Fraction of each motion's range of strength (travel, growth, turn) drawn from, centred. 1:
+    /// the whole range; 0: every ball that moves right travels the same share of the frame. With
+    /// both spreads at 0 a caption that names the size pins the clip down: the clip the model
+    /// has to draw from pure noise is the caption's mean clip, not a blur over places and speeds.
+    pub amount_spread: f32,
 }
 
 impl Default for SamplerConfig {
@@ -42,6 +47,7 @@ impl Default for SamplerConfig {
             background_weights: [0.45, 0.2, 0.2, 0.15],
             camera_probability: 0.5,
             placement_spread: 1.0,
+            amount_spread: 1.0,
         }
     }
 }
@@ -68,7 +74,7 @@ pub fn sample_scene(rng: &mut Rng, cfg: &SamplerConfig, split: Split) -> Scene {
         let mut scene = Scene { aspect, frames: cfg.frames.max(2), fps: cfg.fps, background, objects: Vec::new(), camera };
         for k in 0..n {
             let forced = (split == Split::Eval && k == 0).then(|| rng.pick(&HELD_OUT_COMBOS));
-            if !place_object(rng, &mut scene, split, forced, cfg.placement_spread) {
+            if !place_object(rng, &mut scene, split, forced, cfg) {
                 break;
             }
         }
@@ -136,7 +142,7 @@ fn place_object(
     scene: &mut Scene,
     split: Split,
     forced: Option<(Color, Shape, Motion)>,
-    spread: f32,
+    cfg: &SamplerConfig,
 ) -> bool {
     let samples = scene.background.contrast_samples();
     for attempt in 0..40 {
@@ -168,9 +174,9 @@ fn place_object(
             continue;
         }
         let size = rng.pick(&Size::ALL);
-        let Some(amount) = sample_amount(rng, scene, shape, size, motion) else { continue };
+        let Some(amount) = sample_amount(rng, scene, shape, size, motion, cfg.amount_spread) else { continue };
         let mut object = Object { shape, color, size, start: [0.5, 0.5], motion, amount };
-        let spread = if attempt < 20 { spread } else { 1.0 };
+        let spread = if attempt < 20 { cfg.placement_spread } else { 1.0 };
         let Some(start) = sample_start(rng, scene, object, spread) else { continue };
         object.start = start;
         debug_assert!(split == Split::Eval || !is_held_out(&object));
@@ -185,7 +191,7 @@ fn place_object(
 
 /// The motion's strength, shortened to what the frame allows; `None` if even a short move would
 /// not fit (a large shape moving along a short side).
-fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion: Motion) -> Option<f32> {
+fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion: Motion, spread: f32) -> Option<f32> {
     let (w, h) = (scene.width() as f32, scene.height() as f32);
     let bound = size.fraction() * scene.short_side() * shape.bound_factor() + MARGIN_PX;
     // Largest travel along each axis that keeps the shape inside, as a fraction of that axis.
@@ -193,14 +199,14 @@ fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion:
     let room_y = 1.0 - 2.0 * bound / h;
     let fit = |want: f32, room: f32, least: f32| (room >= least).then(|| want.min(room));
     match motion {
-        Motion::Left | Motion::Right => fit(rng.range(0.4, 0.6), room_x, 0.35),
-        Motion::Up | Motion::Down => fit(rng.range(0.4, 0.6), room_y, 0.35),
+        Motion::Left | Motion::Right => fit(centred(rng, 0.4, 0.6, spread), room_x, 0.35),
+        Motion::Up | Motion::Down => fit(centred(rng, 0.4, 0.6, spread), room_y, 0.35),
         Motion::UpLeft | Motion::UpRight | Motion::DownLeft | Motion::DownRight => {
-            fit(rng.range(0.35, 0.5), room_x.min(room_y), 0.3)
+            fit(centred(rng, 0.35, 0.5, spread), room_x.min(room_y), 0.3)
         }
-        Motion::Bounce => fit(rng.range(0.3, 0.45), room_y, 0.25),
-        Motion::Grow | Motion::Shrink => Some(rng.range(2.2, 2.8)),
-        Motion::Spin => Some(rng.range(0.9 * PI, 1.4 * PI)),
+        Motion::Bounce => fit(centred(rng, 0.3, 0.45, spread), room_y, 0.25),
+        Motion::Grow | Motion::Shrink => Some(centred(rng, 2.2, 2.8, spread)),
+        Motion::Spin => Some(centred(rng, 0.9 * PI, 1.4 * PI, spread)),
         Motion::Still => Some(0.0),
     }
 }
@@ -224,15 +230,18 @@ fn sample_start(rng: &mut Rng, scene: &Scene, object: Object, spread: f32) -> Op
         return None;
     }
     let zoom = probe.view(0).zoom;
-    let mut draw = |lo: f32, hi: f32| {
-        if spread >= 1.0 {
-            rng.range(lo, hi)
-        } else {
-            let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0 * spread.max(0.0));
-            rng.range(mid - half, mid + half)
-        }
-    };
-    let x = draw(lo_x, hi_x);
-    let y = draw(lo_y, hi_y);
+    let x = centred(rng, lo_x, hi_x, spread);
+    let y = centred(rng, lo_y, hi_y, spread);
     Some([0.5 + x / zoom / w, 0.5 + y / zoom / h])
+}
+
+/// A draw from the centred `spread` fraction of `lo..hi`: the plain draw at 1 and above (so the
+/// default distribution is unchanged number for number), the midpoint at 0.
+fn centred(rng: &mut Rng, lo: f32, hi: f32, spread: f32) -> f32 {
+    if spread >= 1.0 {
+        rng.range(lo, hi)
+    } else {
+        let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0 * spread.max(0.0));
+        rng.range(mid - half, mid + half)
+    }
 }
