@@ -99,8 +99,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Latents(a) => {
             let device = a.device.open()?;
-            let layout = LatentLayout { placement_spread: a.placement_spread, amount_spread: a.amount_spread };
-            latents_stage(&a.vae, a.count, a.seed, layout, &a.out, a.resume, &device)
+            let (placement_spread, amount_spread) = (a.placement_spread, a.amount_spread);
+            let sampler = SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() };
+            latents_stage(&a.vae, a.count, a.seed, sampler, &a.out, a.resume, &device)
         }
         TrainCommand::Dit(a) => {
             let device = a.device.open()?;
@@ -146,23 +147,9 @@ pub struct DitRunSettings {
     /// The latent cache `train all` builds: training items `0..clips` of `seed`.
     pub latent_clips: usize,
     pub latent_seed: u64,
-    /// `latents.placement_spread` and `latents.amount_spread` (default 1 each).
-    pub layout: LatentLayout,
-}
-
-/// How the scenes of a latent cache are laid out: the centred fractions of the room an object
-/// starts in and of its motion's range of strength (`SamplerConfig::placement_spread`,
-/// `amount_spread`); 1 each is the world's full distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LatentLayout {
-    pub placement_spread: f32,
-    pub amount_spread: f32,
-}
-
-impl Default for LatentLayout {
-    fn default() -> Self {
-        Self { placement_spread: 1.0, amount_spread: 1.0 }
-    }
+    /// The cache's scene distribution: the world's, with `latents.placement_spread` and
+    /// `latents.amount_spread` (default 1 each).
+    pub sampler: SamplerConfig,
 }
 
 /// The tokenizer value that means "the built-in word-level tokenizer, written next to the run".
@@ -182,8 +169,8 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
         .with_context(|| format!("bad config {}: expected a `generation` object (ciak.json defaults)", path.display()))?;
     let generation = parse_generation(&generation).with_context(|| format!("bad config {}", path.display()))?;
     let latents = obj.remove("latents");
-    let (latent_clips, latent_seed, layout) = match &latents {
-        None => (0, 0, LatentLayout::default()),
+    let (latent_clips, latent_seed, sampler) = match &latents {
+        None => (0, 0, SamplerConfig::default()),
         Some(l) => {
             let clips = l.get("clips").and_then(Value::as_u64);
             let seed = l.get("seed").and_then(Value::as_u64);
@@ -193,7 +180,9 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
             };
             match (clips, seed, spread("placement_spread"), spread("amount_spread")) {
                 (Some(c), Some(s), Some(p), Some(a)) if c > 0 => {
-                    (c as usize, s, LatentLayout { placement_spread: p as f32, amount_spread: a as f32 })
+                    let (placement_spread, amount_spread) = (p as f32, a as f32);
+                    let sampler = SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() };
+                    (c as usize, s, sampler)
                 }
                 _ => bail!(
                     "bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S, \"placement_spread\": 0..1, \"amount_spread\": 0..1 (both optional)}}, got {l}",
@@ -222,7 +211,7 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
     }
     train.vae = train.vae.map(|v| base.join(v));
     train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
-    Ok(DitRunSettings { train, generation, latent_clips, latent_seed, layout })
+    Ok(DitRunSettings { train, generation, latent_clips, latent_seed, sampler })
 }
 
 /// `generation` must name every field: a missing one would silently become Wan2.1's default.
@@ -497,9 +486,9 @@ fn has_latent_files(dir: &Path) -> bool {
     })
 }
 
-fn latents_stage(vae: &Path, count: usize, seed: u64, layout: LatentLayout, out: &Path, resume: bool, device: &Device) -> Result<()> {
+fn latents_stage(vae: &Path, count: usize, seed: u64, sampler: SamplerConfig, out: &Path, resume: bool, device: &Device) -> Result<()> {
     ensure!(count > 0, "expected --count of at least 1, got 0");
-    let LatentLayout { placement_spread, amount_spread } = layout;
+    let (placement_spread, amount_spread) = (sampler.placement_spread, sampler.amount_spread);
     ensure!((0.0..=1.0).contains(&placement_spread), "expected a placement spread in [0, 1], got {placement_spread}");
     ensure!((0.0..=1.0).contains(&amount_spread), "expected an amount spread in [0, 1], got {amount_spread}");
     ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
@@ -511,7 +500,7 @@ fn latents_stage(vae: &Path, count: usize, seed: u64, layout: LatentLayout, out:
     let cfg = LatentCacheConfig {
         seed,
         clips: count,
-        sampler: SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() },
+        sampler,
         shard_clips: 64,
         dtype: CacheDType::F16,
     };
@@ -603,7 +592,7 @@ fn all(a: AllArgs) -> Result<()> {
     }
 
     let resume_latents = a.resume && has_latent_files(&latents_out);
-    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.layout, &latents_out, resume_latents, &device)?;
+    latents_stage(&vae_dir, settings.latent_clips, settings.latent_seed, settings.sampler.clone(), &latents_out, resume_latents, &device)?;
 
     let model = dit_out.join("model");
     if done(&model.join("ciak.json")) {
