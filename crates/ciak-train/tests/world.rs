@@ -367,3 +367,42 @@ fn amount_spread_zero_gives_every_motion_one_strength() {
         .unwrap();
     assert!((right.objects[0].amount - 0.5).abs() < 1e-6, "{:?}", right.objects[0]);
 }
+
+#[test]
+fn a_narrowed_world_draws_only_what_it_names_and_reads_from_partial_json() {
+    // single objects on plain backgrounds in 16:9: a curriculum stage written as a config would
+    let cfg: SamplerConfig =
+        serde_json::from_str(r#"{"object_count_weights": [1, 0, 0], "background_weights": [1, 0, 0, 0], "aspects": ["16:9"]}"#)
+            .unwrap();
+    assert_eq!(cfg.validate(), Ok(()));
+    assert_eq!((cfg.frames, cfg.placement_spread), (SamplerConfig::default().frames, 1.0));
+    let mut rng = Rng::new(9);
+    for _ in 0..200 {
+        let s = sample_scene(&mut rng, &cfg, Split::Train);
+        assert_eq!(s.objects.len(), 1);
+        assert!(matches!(s.background, Background::Plain { .. }), "{:?}", s.background);
+        assert_eq!(s.aspect, Aspect::Wide);
+    }
+    assert!(SamplerConfig::from_json(&serde_json::json!({"objects": 1})).unwrap_err().contains("unknown field `objects`"));
+    let err = SamplerConfig::from_json(&serde_json::json!({"background_weights": [1, 0, 0]})).unwrap_err();
+    assert!(err.starts_with("`background_weights`: "), "{err}");
+    let err = SamplerConfig::from_json(&serde_json::json!({"object_count_weights": [0, 0, 0]})).unwrap_err();
+    assert!(err.contains("positive sum"), "{err}");
+}
+
+#[test]
+fn sampler_config_validate_names_the_bad_field() {
+    let bad = |cfg: SamplerConfig, needle: &str| {
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    };
+    bad(SamplerConfig { aspects: vec![], ..Default::default() }, "aspects");
+    bad(SamplerConfig { object_count_weights: [0.0; 3], ..Default::default() }, "object_count_weights");
+    bad(SamplerConfig { background_weights: [1.0, -1.0, 0.0, 0.0], ..Default::default() }, "background_weights");
+    bad(SamplerConfig { background_weights: [f32::NAN, 1.0, 0.0, 0.0], ..Default::default() }, "background_weights");
+    bad(SamplerConfig { camera_probability: 2.0, ..Default::default() }, "camera_probability");
+    bad(SamplerConfig { placement_spread: -0.5, ..Default::default() }, "placement_spread");
+    bad(SamplerConfig { amount_spread: 1.5, ..Default::default() }, "amount_spread");
+    bad(SamplerConfig { frames: 1, ..Default::default() }, "frames");
+    assert_eq!(SamplerConfig::default().validate(), Ok(()));
+}

@@ -99,8 +99,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         TrainCommand::Latents(a) => {
             let device = a.device.open()?;
-            let (placement_spread, amount_spread) = (a.placement_spread, a.amount_spread);
-            let sampler = SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() };
+            let mut sampler = match &a.world {
+                None => SamplerConfig::default(),
+                Some(file) => read_world(file)?,
+            };
+            sampler.placement_spread = a.placement_spread.unwrap_or(sampler.placement_spread);
+            sampler.amount_spread = a.amount_spread.unwrap_or(sampler.amount_spread);
             latents_stage(&a.vae, a.count, a.seed, sampler, &a.out, a.resume, &device)
         }
         TrainCommand::Dit(a) => {
@@ -147,9 +151,22 @@ pub struct DitRunSettings {
     /// The latent cache `train all` builds: training items `0..clips` of `seed`.
     pub latent_clips: usize,
     pub latent_seed: u64,
-    /// The cache's scene distribution: the world's, with `latents.placement_spread` and
-    /// `latents.amount_spread` (default 1 each).
+    /// The cache's scene distribution: the world's, with any `SamplerConfig` fields that
+    /// `latents` names (`placement_spread`, `object_count_weights`, ...).
     pub sampler: SamplerConfig,
+}
+
+/// A DiT config's `latents`: `clips` and `seed`, and any fields of the world's `SamplerConfig`
+/// (the rest keep the world's defaults), e.g. `"placement_spread": 0` or, for a curriculum stage,
+/// `"object_count_weights": [1, 0, 0]`.
+fn parse_latents(l: &Value) -> Result<(usize, u64, SamplerConfig)> {
+    let expected = "expected `latents` as {\"clips\": N >= 1, \"seed\": S} plus any world settings (SamplerConfig fields)";
+    let mut world = l.as_object().with_context(|| format!("{expected}, got {l}"))?.clone();
+    let clips = world.remove("clips").and_then(|v| v.as_u64()).filter(|&c| c > 0);
+    let seed = world.remove("seed").and_then(|v| v.as_u64());
+    let (Some(clips), Some(seed)) = (clips, seed) else { bail!("{expected}, got {l}") };
+    let sampler = SamplerConfig::from_json(&Value::Object(world)).map_err(|e| anyhow::anyhow!("`latents`: {e}"))?;
+    Ok((clips as usize, seed, sampler))
 }
 
 /// The tokenizer value that means "the built-in word-level tokenizer, written next to the run".
@@ -168,28 +185,9 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
         .remove("generation")
         .with_context(|| format!("bad config {}: expected a `generation` object (ciak.json defaults)", path.display()))?;
     let generation = parse_generation(&generation).with_context(|| format!("bad config {}", path.display()))?;
-    let latents = obj.remove("latents");
-    let (latent_clips, latent_seed, sampler) = match &latents {
+    let (latent_clips, latent_seed, sampler) = match obj.remove("latents") {
         None => (0, 0, SamplerConfig::default()),
-        Some(l) => {
-            let clips = l.get("clips").and_then(Value::as_u64);
-            let seed = l.get("seed").and_then(Value::as_u64);
-            let spread = |key: &str| match l.get(key) {
-                None => Some(1.0),
-                Some(v) => v.as_f64().filter(|s| (0.0..=1.0).contains(s)),
-            };
-            match (clips, seed, spread("placement_spread"), spread("amount_spread")) {
-                (Some(c), Some(s), Some(p), Some(a)) if c > 0 => {
-                    let (placement_spread, amount_spread) = (p as f32, a as f32);
-                    let sampler = SamplerConfig { placement_spread, amount_spread, ..SamplerConfig::default() };
-                    (c as usize, s, sampler)
-                }
-                _ => bail!(
-                    "bad config {}: expected `latents` as {{\"clips\": N >= 1, \"seed\": S, \"placement_spread\": 0..1, \"amount_spread\": 0..1 (both optional)}}, got {l}",
-                    path.display()
-                ),
-            }
-        }
+        Some(l) => parse_latents(&l).with_context(|| format!("bad config {}", path.display()))?,
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let tokenizer = match obj.get("tokenizer").and_then(Value::as_str) {
@@ -279,14 +277,20 @@ pub struct LatentsArgs {
     /// Continue an interrupted build in --out (shards already written are kept).
     #[arg(long)]
     pub resume: bool,
-    /// Fraction of the room each object's start is drawn from, centred (1: anywhere it fits; see
-    /// `SamplerConfig::placement_spread`).
-    #[arg(long, default_value_t = 1.0)]
-    pub placement_spread: f32,
-    /// Fraction of each motion's range of strength (travel, growth, turn) drawn from, centred (1:
-    /// the whole range; 0: one strength per motion; see `SamplerConfig::amount_spread`).
-    #[arg(long, default_value_t = 1.0)]
-    pub amount_spread: f32,
+    /// A JSON file of world settings (any fields of `SamplerConfig`, the rest default), e.g.
+    /// `{"object_count_weights": [1, 0, 0], "background_weights": [1, 0, 0, 0]}` for single
+    /// objects on plain backgrounds.
+    #[arg(long)]
+    pub world: Option<PathBuf>,
+    /// Fraction of the room each object's start is drawn from, centred (1, the default: anywhere
+    /// it fits; see `SamplerConfig::placement_spread`). Overrides --world.
+    #[arg(long)]
+    pub placement_spread: Option<f32>,
+    /// Fraction of each motion's range of strength (travel, growth, turn) drawn from, centred (1,
+    /// the default: the whole range; 0: one strength per motion; see
+    /// `SamplerConfig::amount_spread`). Overrides --world.
+    #[arg(long)]
+    pub amount_spread: Option<f32>,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -477,6 +481,13 @@ fn vae_stage(config: &Path, init_from: Option<&Path>, out: &Path, resume: bool, 
 }
 
 /// Whether a folder holds anything of a latent cache.
+/// A `--world` file: a JSON object of `SamplerConfig` fields.
+fn read_world(path: &Path) -> Result<SamplerConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the world settings {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("bad JSON in the world settings {}", path.display()))?;
+    SamplerConfig::from_json(&value).map_err(|e| anyhow::anyhow!("bad world settings {}: {e}", path.display()))
+}
+
 fn has_latent_files(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
@@ -488,9 +499,7 @@ fn has_latent_files(dir: &Path) -> bool {
 
 fn latents_stage(vae: &Path, count: usize, seed: u64, sampler: SamplerConfig, out: &Path, resume: bool, device: &Device) -> Result<()> {
     ensure!(count > 0, "expected --count of at least 1, got 0");
-    let (placement_spread, amount_spread) = (sampler.placement_spread, sampler.amount_spread);
-    ensure!((0.0..=1.0).contains(&placement_spread), "expected a placement spread in [0, 1], got {placement_spread}");
-    ensure!((0.0..=1.0).contains(&amount_spread), "expected an amount spread in [0, 1], got {amount_spread}");
+    sampler.validate().map_err(|e| anyhow::anyhow!("bad world settings: {e}"))?;
     ensure!(vae.join("config.json").is_file(), "expected a trained VAE folder (config.json + safetensors) at {}", vae.display());
     match (resume, has_latent_files(out)) {
         (true, false) => bail!("nothing to resume in {}: no latent cache files there (drop --resume)", out.display()),

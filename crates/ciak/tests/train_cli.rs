@@ -54,7 +54,7 @@ fn tiny_dit() -> Value {
         "tokenizer": "builtin",
         "text_len": 16, "batch_size": 1, "steps": 3, "lr": 0.001, "warmup_steps": 1, "ema_decay": 0.5,
         "checkpoint_every": 2, "foreground_weight": 2.0,
-        "latents": { "clips": 3, "seed": 2, "placement_spread": 0.5, "amount_spread": 0.0 },
+        "latents": { "clips": 3, "seed": 2, "placement_spread": 0.5, "amount_spread": 0.0, "object_count_weights": [0, 1, 0] },
         "generation": { "width": 64, "height": 48, "frames": 5, "fps": 8.0, "steps": 2, "guidance": 4.0, "negative_prompt": "",
                         "sizes": [[64, 48], [48, 64]] }
     })
@@ -153,6 +153,21 @@ fn train_all_runs_the_stages_and_resume_skips_finished_ones() {
     let cache: Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/latents/cache.json")).unwrap()).unwrap();
     assert_eq!(cache["config"]["sampler"]["placement_spread"], 0.5);
     assert_eq!(cache["config"]["sampler"]["amount_spread"], 0.0);
+    // ... and the world it names: two objects in every clip, the other settings the world's defaults
+    assert_eq!(cache["config"]["sampler"]["object_count_weights"], serde_json::json!([0.0, 1.0, 0.0]));
+    assert_eq!(cache["config"]["sampler"]["frames"], 25);
+    let mut clips = 0;
+    for entry in std::fs::read_dir(d.join("run/latents")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("latents-") && name.ends_with(".json") {
+            let shard: Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+            for item in shard["items"].as_array().unwrap() {
+                assert_eq!(item["scene"]["objects"].as_array().unwrap().len(), 2, "{item}");
+                clips += 1;
+            }
+        }
+    }
+    assert_eq!(clips, 3);
     // everything done: a resume only checks the cache and says so
     let out = ok(ciak(&d, &[&all[..], &["--resume"]].concat()));
     assert!(out.contains("vae: already trained") && out.contains("dit: already trained"), "{out}");
@@ -189,12 +204,29 @@ fn bad_input_is_one_clear_line() {
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "0", "--out", "a"]), "--count");
     fails(
         ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--placement-spread", "1.5", "--out", "a"]),
-        "expected a placement spread in [0, 1], got 1.5",
+        "bad world settings: expected `placement_spread` in [0, 1], got 1.5",
     );
     fails(
         ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--amount-spread", "1.5", "--out", "a"]),
-        "expected an amount spread in [0, 1], got 1.5",
+        "bad world settings: expected `amount_spread` in [0, 1], got 1.5",
     );
+    // --world: a file of SamplerConfig fields, checked like the DiT config's `latents`
+    std::fs::write(d.join("noobjects.json"), r#"{"object_count_weights": [0, 0, 0]}"#).unwrap();
+    std::fs::write(d.join("typo.json"), r#"{"object_counts": [1, 0, 0]}"#).unwrap();
+    fails(
+        ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--world", "noobjects.json", "--out", "a"]),
+        "expected `object_count_weights` of weights >= 0 with a positive sum, got [0.0, 0.0, 0.0]",
+    );
+    fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--world", "typo.json", "--out", "a"]), "unknown field `object_counts`");
+    fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--world", "nowhere.json", "--out", "a"]), "reading the world settings nowhere.json");
+    let mut bad_world = tiny_dit();
+    bad_world["latents"] = serde_json::json!({"clips": 4, "seed": 1, "background_weights": [1, 0, 0]});
+    write(&d.join("badworld.json"), &bad_world);
+    fails(ciak(&d, &["train", "dit", "--config", "badworld.json", "--latents", "x", "--vae", "y", "--out", "a"]), "background_weights");
+    let mut no_seed = tiny_dit();
+    no_seed["latents"] = serde_json::json!({"clips": 4});
+    write(&d.join("noseed.json"), &no_seed);
+    fails(ciak(&d, &["train", "dit", "--config", "noseed.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected `latents` as");
     let mut bad_amount = tiny_dit();
     bad_amount["latents"] = serde_json::json!({"clips": 4, "seed": 1, "amount_spread": 2});
     write(&d.join("badamount.json"), &bad_amount);

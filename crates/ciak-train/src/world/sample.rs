@@ -10,9 +10,11 @@ use crate::split::{is_held_out, is_held_out_combo, Split, HELD_OUT_COMBOS};
 use serde::{Deserialize, Serialize};
 use std::f32::consts::PI;
 
-/// Knobs of the scene distribution (serde, so a training run can record it).
+/// Knobs of the scene distribution (serde, so a training run can record it; a JSON object with
+/// some of the fields takes the defaults for the rest, so a training config can narrow the world
+/// for a curriculum stage, e.g. `{"object_count_weights": [1, 0, 0]}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplerConfig {
     /// Aspect ratios drawn uniformly.
     pub aspects: Vec<Aspect>,
@@ -49,6 +51,56 @@ impl Default for SamplerConfig {
             placement_spread: 1.0,
             amount_spread: 1.0,
         }
+    }
+}
+
+impl SamplerConfig {
+    /// Reads a JSON object of some of the fields (the rest default) and validates it; an error
+    /// names the field it is about.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let fields = value.as_object().ok_or_else(|| format!("expected a JSON object of SamplerConfig fields, got {value}"))?;
+        // one field at a time, so that an error names its field (serde's own messages for a
+        // wrong array length or type do not)
+        for (key, v) in fields {
+            let one = serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
+            serde_json::from_value::<Self>(one).map_err(|e| match e.to_string() {
+                m if m.starts_with("unknown field") => m,
+                m => format!("`{key}`: {m}, got {v}"),
+            })?;
+        }
+        let cfg: Self = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that scenes can be drawn: at least one aspect, weights that are finite, not
+    /// negative and not all zero, a probability and spreads in [0, 1], at least 2 frames.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.aspects.is_empty() {
+            return Err("expected at least one aspect in `aspects`, got none".into());
+        }
+        let weights = |name: &str, w: &[f32]| {
+            if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f32>() <= 0.0 {
+                Err(format!("expected `{name}` of weights >= 0 with a positive sum, got {w:?}"))
+            } else {
+                Ok(())
+            }
+        };
+        weights("object_count_weights", &self.object_count_weights)?;
+        weights("background_weights", &self.background_weights)?;
+        for (name, v) in [
+            ("camera_probability", self.camera_probability),
+            ("placement_spread", self.placement_spread),
+            ("amount_spread", self.amount_spread),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("expected `{name}` in [0, 1], got {v}"));
+            }
+        }
+        if self.frames < 2 || self.fps == 0 {
+            return Err(format!("expected at least 2 `frames` and a positive `fps`, got {} and {}", self.frames, self.fps));
+        }
+        Ok(())
     }
 }
 

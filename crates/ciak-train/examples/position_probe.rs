@@ -1,0 +1,323 @@
+//! Can the Wan DiT place something where its caption says, starting from pure noise?
+//!
+//! The Wan transformer has no absolute position embedding: its only position signal is 3D RoPE
+//! in self-attention, which sees relative offsets. At sigma 1 its input is pure noise, the same
+//! in distribution at every token, so a token can only tell where it is from the edges of the
+//! grid (a token near an edge has no neighbours beyond it). This example trains a small DiT at
+//! sigma 1 only, on one-frame latents whose x0 is a caption-dependent flat background with a
+//! square "object" at a caption-dependent place, and reports how much of the object the
+//! noise-averaged x0 prediction holds as training goes on, per place: an object touching an
+//! edge, one a token away from the edges, one in the centre.
+//!
+//!   cargo run --release -p ciak-train --example position_probe -- [STEPS] [WIDTH] [LAYERS]
+//!
+//! Columns: for each caption, the object's share recovered (1 - the x0 error inside the object /
+//! the error of predicting the background there; 1 = the object is placed, 0 = none of it) and
+//! the background's (the same outside the object, against predicting zeros).
+//!
+//!   cargo run --release -p ciak-train --example position_probe -- sample middle|free [STEPS] [WIDTH] [LAYERS]
+//!
+//! The sampler's side of it: two captions (two colour pairs), the object either always in the
+//! middle (`middle`, what a world with `placement_spread` 0 asks of a still object) or anywhere
+//! on the grid (`free`); trained over the usual noise levels (shift 3, caption dropout 0.1),
+//! then 16 clips per caption are sampled from pure noise (Euler, 20 steps, guidance 1 and 5).
+//! Per sample, a latent pixel counts as object when it is nearer the object's vector than the
+//! background's; the report gives the mean count of object pixels (a placed object has 64), the
+//! mean fill of the best 8x8 window (1 = a whole square object) and, for `middle`, after `@`, how
+//! far that window lies from the middle (tokens, rows plus columns; 0 = where the caption puts it).
+use candle_core::{Device, Tensor};
+use ciak_train::train::dit::{DitArch, DitTrainer, TextArch};
+use ciak_train::train::flow::{SigmaSampling, TrainRng};
+use ciak_train::train::optim::AdamWConfig;
+use ciak_train::train::{DitTrainConfig, LatentBatch, LatentSource, Result};
+
+/// Latent grid of one frame: 8 x 14 tokens of 4x4 latent pixels.
+const H: usize = 32;
+const W: usize = 56;
+const C: usize = 16;
+
+/// Where each caption's object sits: (caption, top row, left column), an 8x8 latent square
+/// (2x2 tokens).
+const PLACES: [(&str, usize, usize); 4] = [
+    ("a red ball on the left", 12, 0),
+    ("a blue ball at the top", 0, 24),
+    ("a green ball near the corner", 4, 12),
+    ("a yellow ball in the middle", 12, 24),
+];
+
+/// An 8x8 square at (top, left) as a [1, 1, H, W] mask.
+fn square(top: usize, left: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..H * W).map(|i| (i / W >= top && i / W < top + 8 && i % W >= left && i % W < left + 8) as u8 as f32).collect();
+    Ok(Tensor::from_vec(mask, (1, 1, H, W), device)?)
+}
+
+fn compose(background: &Tensor, object: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    Ok((background.broadcast_mul(&(1.0 - mask)?)? + object.broadcast_mul(mask)?)?)
+}
+
+/// One caption per entry of `captions`, each with its own background and object vectors; the
+/// object at the caption's place, or (`places` None) anywhere on the grid.
+struct Placed {
+    captions: Vec<String>,
+    places: Option<Vec<(usize, usize)>>,
+    backgrounds: Vec<Tensor>,
+    objects: Vec<Tensor>,
+    patterns: Vec<Tensor>,
+    masks: Vec<Tensor>,
+    rng: TrainRng,
+    device: Device,
+}
+
+impl Placed {
+    fn new(captions: Vec<String>, places: Option<Vec<(usize, usize)>>, device: &Device) -> Result<Self> {
+        let mut rng = TrainRng::new(7);
+        let (mut backgrounds, mut objects, mut patterns, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in 0..captions.len() {
+            backgrounds.push(rng.gaussian(&[C, 1, 1, 1], device)?);
+            objects.push((rng.gaussian(&[C, 1, 1, 1], device)? * 1.5)?);
+            if let Some(places) = &places {
+                let mask = square(places[k].0, places[k].1, device)?;
+                patterns.push(compose(&backgrounds[k], &objects[k], &mask)?);
+                masks.push(mask);
+            }
+        }
+        Ok(Self { captions, places, backgrounds, objects, patterns, masks, rng, device: device.clone() })
+    }
+
+    fn pattern(&mut self, k: usize) -> Result<Tensor> {
+        if self.places.is_some() {
+            return Ok(self.patterns[k].clone());
+        }
+        let top = (self.rng.next_u64() % (H as u64 - 7)) as usize;
+        let left = (self.rng.next_u64() % (W as u64 - 7)) as usize;
+        compose(&self.backgrounds[k], &self.objects[k], &square(top, left, &self.device)?)
+    }
+}
+
+impl LatentSource for Placed {
+    fn batch(&mut self, n: usize) -> Result<LatentBatch> {
+        let picks: Vec<usize> = (0..n).map(|_| (self.rng.next_u64() % self.captions.len() as u64) as usize).collect();
+        let latents = Tensor::stack(&picks.iter().map(|&k| self.pattern(k)).collect::<Result<Vec<_>>>()?, 0)?;
+        let captions = picks.iter().map(|&k| self.captions[k].clone()).collect();
+        Ok(LatentBatch { latents, captions, foreground: None })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "rng": self.rng.state })
+    }
+
+    fn restore(&mut self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize, terminal_share: f64) -> DitTrainConfig {
+    DitTrainConfig {
+        seed: 3,
+        transformer: DitArch {
+            num_attention_heads: heads,
+            attention_head_dim: 64,
+            ffn_dim: heads * 64 * 4,
+            num_layers: layers,
+            freq_dim: 256,
+            patch_size: [1, 4, 4],
+            latent_channels: C,
+            cross_attn_norm: true,
+            eps: 1e-6,
+            rope_max_seq_len: 1024,
+        },
+        text_encoder: TextArch {
+            d_model: 64,
+            d_kv: 16,
+            num_heads: 4,
+            num_layers: 1,
+            d_ff: 128,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+        },
+        tokenizer,
+        text_len: 16,
+        batch_size: 8,
+        steps,
+        lr: 1e-3,
+        warmup_steps: 50,
+        min_lr_ratio: 0.1,
+        adamw: AdamWConfig::default(),
+        grad_clip: 1.0,
+        ema_decay: 0.99,
+        caption_dropout: if terminal_share < 1.0 { 0.1 } else { 0.0 },
+        foreground_weight: 0.0,
+        shift: 3.0,
+        sigma_sampling: SigmaSampling::ShiftedUniform,
+        terminal_share,
+        checkpoint_every: 1_000_000,
+        max_seconds: None,
+        stop_at: None,
+        fresh_optimizer: false,
+        text_pretrain: None,
+        text_local_attention: 0.0,
+        vae: None,
+        image_steps: None,
+    }
+}
+
+/// Per caption: (object share recovered, background share recovered) by the x0 prediction at
+/// sigma 1, averaged over `draws` noise draws.
+fn score(trainer: &DitTrainer, source: &Placed, draws: usize, device: &Device) -> Result<Vec<(f64, f64)>> {
+    let mut rng = TrainRng::new(99);
+    let mut out = Vec::new();
+    for (k, caption) in source.captions.iter().enumerate() {
+        let ctx = trainer.models.encode_text(&vec![caption.clone(); draws])?;
+        let noise = rng.gaussian(&[draws, C, 1, H, W], device)?;
+        let t = Tensor::new(vec![1000f32; draws], device)?;
+        let v = trainer.models.transformer.forward(&noise, &t, &ctx, None)?;
+        let x0 = (&noise - v)?.mean_keepdim(0)?.squeeze(0)?;
+        let (target, mask) = (&source.patterns[k], &source.masks[k]);
+        let err = (&x0 - target)?.sqr()?;
+        let inside = |t: &Tensor, m: &Tensor| -> Result<f64> {
+            Ok(t.broadcast_mul(m)?.sum_all()?.to_scalar::<f32>()? as f64 / m.sum_all()?.to_scalar::<f32>()? as f64)
+        };
+        let outside = (1.0 - mask)?;
+        // predicting the background inside the object: the error of not placing it
+        let background = target.broadcast_mul(&outside)?.sum_keepdim(2)?.sum_keepdim(3)?.broadcast_div(&outside.sum_all()?)?;
+        let miss = target.broadcast_sub(&background)?.sqr()?;
+        let object = 1.0 - inside(&err, mask)? / inside(&miss, mask)?;
+        let bg = 1.0 - inside(&err, &outside)? / inside(&target.sqr()?, &outside)?;
+        out.push((object, bg));
+    }
+    Ok(out)
+}
+
+/// `draws` samples of `caption` from pure noise: Euler over the shift-3 grid in `steps` steps,
+/// classifier-free guidance `guidance` against the empty caption. Returns [draws, C, 1, H, W].
+fn sample(trainer: &DitTrainer, caption: &str, draws: usize, steps: usize, guidance: f64, seed: u64) -> Result<Tensor> {
+    let device = Device::Cpu;
+    let cond = trainer.models.encode_text(&vec![caption.to_string(); draws])?;
+    let uncond = trainer.models.encode_text(&vec![String::new(); draws])?;
+    let mut x = TrainRng::new(seed).gaussian(&[draws, C, 1, H, W], &device)?;
+    let sigma = |i: usize| {
+        let s = 1.0 - i as f64 / steps as f64;
+        3.0 * s / (1.0 + 2.0 * s)
+    };
+    for i in 0..steps {
+        let t = Tensor::new(vec![(sigma(i) * 1000.0) as f32; draws], &device)?;
+        let vc = trainer.models.transformer.forward(&x, &t, &cond, None)?;
+        let v = if guidance == 1.0 {
+            vc
+        } else {
+            let vu = trainer.models.transformer.forward(&x, &t, &uncond, None)?;
+            (&vu + ((vc - &vu)? * guidance)?)?
+        };
+        x = (x + (v * (sigma(i + 1) - sigma(i)))?)?;
+    }
+    Ok(x)
+}
+
+/// Mean object-pixel count, best 8x8 window fill, and the best window's mean distance from the
+/// caption's place in tokens (when the caption has one) of samples of caption `k`.
+fn object_stats(source: &Placed, k: usize, samples: &Tensor) -> Result<(f64, f64, Option<f64>)> {
+    let d_obj = samples.broadcast_sub(&source.objects[k].unsqueeze(0)?)?.sqr()?.sum_keepdim(1)?;
+    let d_bg = samples.broadcast_sub(&source.backgrounds[k].unsqueeze(0)?)?.sqr()?.sum_keepdim(1)?;
+    let is_obj: Vec<Vec<f32>> = d_obj.lt(&d_bg)?.to_dtype(candle_core::DType::F32)?.flatten_from(1)?.to_vec2()?;
+    let (mut count, mut fill, mut off) = (0.0, 0.0, 0.0);
+    for m in &is_obj {
+        count += m.iter().sum::<f32>() as f64;
+        let mut best = (0f32, 0, 0);
+        for top in 0..=H - 8 {
+            for left in 0..=W - 8 {
+                let n: f32 = (top..top + 8).map(|r| m[r * W + left..r * W + left + 8].iter().sum::<f32>()).sum();
+                if n > best.0 {
+                    best = (n, top, left);
+                }
+            }
+        }
+        fill += best.0 as f64 / 64.0;
+        if let Some(places) = &source.places {
+            let (top, left) = places[k];
+            off += (best.1.abs_diff(top) + best.2.abs_diff(left)) as f64 / 4.0;
+        }
+    }
+    let n = is_obj.len() as f64;
+    Ok((count / n, fill / n, source.places.as_ref().map(|_| off / n)))
+}
+
+fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: std::path::PathBuf) -> Result<()> {
+    let device = Device::Cpu;
+    let captions: Vec<String> = vec!["a red ball on a blue background".into(), "a green star on a yellow background".into()];
+    let places = match mode {
+        "middle" => Some(vec![(12, 24); 2]),
+        "free" => None,
+        other => panic!("expected sample middle|free, got {other}"),
+    };
+    let mut source = Placed::new(captions.clone(), places, &device)?;
+    let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
+    println!("{mode}: width {} layers {layers}; per caption, object pixels (64 = one object) / best 8x8 window fill", heads * 64);
+    println!("step  loss      guidance 1                  guidance 5");
+    let mut losses = Vec::new();
+    for step in 1..=steps {
+        losses.push(trainer.train_step(&mut source)?.loss);
+        if step % (steps / 5).max(1) == 0 || step == steps {
+            let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+            losses.clear();
+            let mut cols = String::new();
+            for guidance in [1.0, 5.0] {
+                for (k, caption) in captions.iter().enumerate() {
+                    let x = sample(&trainer, caption, 16, 20, guidance, 1000 + k as u64)?;
+                    let (count, fill, off) = object_stats(&source, k, &x)?;
+                    cols += &format!(" {count:>6.1} / {fill:.2}");
+                    if let Some(off) = off {
+                        cols += &format!(" @{off:.1}");
+                    }
+                }
+                cols += "  ";
+            }
+            println!("{step:>5} {mean:.4} {cols}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = if args.first().map(|a| a == "sample").unwrap_or(false) {
+        args.remove(0);
+        Some(args.remove(0))
+    } else {
+        None
+    };
+    let steps: u64 = args.first().map(|s| s.parse().expect("STEPS: a whole number")).unwrap_or(1500);
+    let heads: usize = args.get(1).map(|s| s.parse::<usize>().expect("WIDTH: a whole number") / 64).unwrap_or(2);
+    let layers: usize = args.get(2).map(|s| s.parse().expect("LAYERS: a whole number")).unwrap_or(4);
+    let device = Device::Cpu;
+    let dir = std::env::temp_dir().join(format!("ciak-position-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tokenizer = dir.join("tokenizer.json");
+    ciak_train::tokenizer::write_tokenizer_json(&tokenizer)?;
+    if let Some(mode) = mode {
+        sampling_run(&mode, steps, heads, layers, tokenizer)?;
+        std::fs::remove_dir_all(&dir).ok();
+        return Ok(());
+    }
+    let cfg = config(tokenizer, steps, heads, layers, 1.0);
+    let mut trainer = DitTrainer::new(&cfg, &device)?;
+    let captions = PLACES.iter().map(|p| p.0.to_string()).collect();
+    let mut source = Placed::new(captions, Some(PLACES.iter().map(|p| (p.1, p.2)).collect()), &device)?;
+    let names: Vec<&str> = PLACES.iter().map(|p| p.0.rsplit(' ').next().unwrap()).collect();
+    println!("width {} layers {layers}; object / background share recovered at sigma 1", heads * 64);
+    println!("step  loss    {}", names.iter().map(|n| format!("{n:>14}")).collect::<String>());
+    let mut losses = Vec::new();
+    for step in 1..=steps {
+        losses.push(trainer.train_step(&mut source)?.loss);
+        if step % (steps / 10).max(1) == 0 || step == steps {
+            let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+            losses.clear();
+            let cols: String =
+                score(&trainer, &source, 16, &device)?.iter().map(|(o, b)| format!("   {o:>5.2} / {b:>4.2}")).collect();
+            println!("{step:>5} {mean:.4}{cols}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
