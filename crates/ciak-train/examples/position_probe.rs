@@ -29,7 +29,7 @@ use candle_core::{Device, Tensor};
 use ciak_train::train::dit::{DitArch, DitTrainer, TextArch};
 use ciak_train::train::flow::{SigmaSampling, TrainRng};
 use ciak_train::train::optim::AdamWConfig;
-use ciak_train::train::{DitTrainConfig, LatentBatch, LatentSource, Result};
+use ciak_train::train::{DitTrainConfig, LatentBatch, LatentSource, Result, TrainError};
 
 /// Latent grid of one frame: 8 x 14 tokens of 4x4 latent pixels.
 const H: usize = 32;
@@ -249,31 +249,46 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
     let places = match mode {
         "middle" => Some(vec![(12, 24); 2]),
         "free" => None,
-        other => panic!("expected sample middle|free, got {other}"),
+        other => return Err(TrainError::Data(format!("expected `sample middle` or `sample free`, got `sample {other}`"))),
     };
     let mut source = Placed::new(captions.clone(), places, &device)?;
     let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
     println!("{mode}: width {} layers {layers}; per caption, object pixels (64 = one object) / best 8x8 window fill", heads * 64);
     println!("step  loss      guidance 1                  guidance 5");
+    train_reporting(&mut trainer, &mut source, steps, 5, |trainer, source, step, mean| {
+        let mut cols = String::new();
+        for guidance in [1.0, 5.0] {
+            for (k, caption) in captions.iter().enumerate() {
+                let x = sample(trainer, caption, 16, 20, guidance, 1000 + k as u64)?;
+                let (count, fill, off) = object_stats(source, k, &x)?;
+                cols += &format!(" {count:>6.1} / {fill:.2}");
+                if let Some(off) = off {
+                    cols += &format!(" @{off:.1}");
+                }
+            }
+            cols += "  ";
+        }
+        println!("{step:>5} {mean:.4} {cols}");
+        Ok(())
+    })
+}
+
+/// Trains `steps` steps and calls `report` with the step and the mean loss since the last
+/// report, `reports` times in all.
+fn train_reporting(
+    trainer: &mut DitTrainer,
+    source: &mut Placed,
+    steps: u64,
+    reports: u64,
+    mut report: impl FnMut(&DitTrainer, &Placed, u64, f64) -> Result<()>,
+) -> Result<()> {
     let mut losses = Vec::new();
     for step in 1..=steps {
-        losses.push(trainer.train_step(&mut source)?.loss);
-        if step % (steps / 5).max(1) == 0 || step == steps {
+        losses.push(trainer.train_step(source)?.loss);
+        if step % (steps / reports).max(1) == 0 || step == steps {
             let mean = losses.iter().sum::<f64>() / losses.len() as f64;
             losses.clear();
-            let mut cols = String::new();
-            for guidance in [1.0, 5.0] {
-                for (k, caption) in captions.iter().enumerate() {
-                    let x = sample(&trainer, caption, 16, 20, guidance, 1000 + k as u64)?;
-                    let (count, fill, off) = object_stats(&source, k, &x)?;
-                    cols += &format!(" {count:>6.1} / {fill:.2}");
-                    if let Some(off) = off {
-                        cols += &format!(" @{off:.1}");
-                    }
-                }
-                cols += "  ";
-            }
-            println!("{step:>5} {mean:.4} {cols}");
+            report(trainer, source, step, mean)?;
         }
     }
     Ok(())
@@ -307,17 +322,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let names: Vec<&str> = PLACES.iter().map(|p| p.0.rsplit(' ').next().unwrap()).collect();
     println!("width {} layers {layers}; object / background share recovered at sigma 1", heads * 64);
     println!("step  loss    {}", names.iter().map(|n| format!("{n:>14}")).collect::<String>());
-    let mut losses = Vec::new();
-    for step in 1..=steps {
-        losses.push(trainer.train_step(&mut source)?.loss);
-        if step % (steps / 10).max(1) == 0 || step == steps {
-            let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-            losses.clear();
-            let cols: String =
-                score(&trainer, &source, 16, &device)?.iter().map(|(o, b)| format!("   {o:>5.2} / {b:>4.2}")).collect();
-            println!("{step:>5} {mean:.4}{cols}");
-        }
-    }
+    train_reporting(&mut trainer, &mut source, steps, 10, |trainer, source, step, mean| {
+        let cols: String = score(trainer, source, 16, &device)?.iter().map(|(o, b)| format!("   {o:>5.2} / {b:>4.2}")).collect();
+        println!("{step:>5} {mean:.4}{cols}");
+        Ok(())
+    })?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
