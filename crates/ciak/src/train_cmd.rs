@@ -480,7 +480,6 @@ fn vae_stage(config: &Path, init_from: Option<&Path>, out: &Path, resume: bool, 
     Ok(summary.exported)
 }
 
-/// Whether a folder holds anything of a latent cache.
 /// A `--world` file: a JSON object of `SamplerConfig` fields.
 fn read_world(path: &Path) -> Result<SamplerConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the world settings {}", path.display()))?;
@@ -488,6 +487,7 @@ fn read_world(path: &Path) -> Result<SamplerConfig> {
     SamplerConfig::from_json(&value).map_err(|e| anyhow::anyhow!("bad world settings {}: {e}", path.display()))
 }
 
+/// Whether a folder holds anything of a latent cache.
 fn has_latent_files(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
