@@ -18,6 +18,18 @@ fn write_eval_prompts() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../eval/prompts.json");
     std::fs::write(&path, set.to_json()).unwrap();
     assert_eq!(EvalSet::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap(), set);
+    std::fs::write(path.with_file_name("prompts-single-plain.json"), set.single_plain().to_json()).unwrap();
+}
+
+/// eval/prompts-single-plain.json is the committed set's single objects on plain backgrounds,
+/// byte for byte as `write_eval_prompts` writes it.
+#[test]
+fn single_plain_subset_matches_the_committed_set() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../eval/prompts-single-plain.json");
+    let subset = EvalSet::builtin().single_plain();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), subset.to_json());
+    assert_eq!(subset.prompts.len(), 15);
+    assert!(subset.prompts.iter().all(|p| p.object_count() == 1 && p.expected.background.kind == BackgroundKind::Plain));
 }
 
 #[test]

@@ -110,6 +110,14 @@ impl EvalSet {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain data serialises") + "\n"
     }
+
+    /// The prompts with one object on a plain background (`eval/prompts-single-plain.json`: the
+    /// part of the set a model trained on a narrowed world, `train/world-single.json`, can be
+    /// scored on; `ciak eval --prompts eval/prompts-single-plain.json`).
+    pub fn single_plain(&self) -> Self {
+        let keep = |p: &EvalPrompt| p.object_count() == 1 && matches!(p.scene.background, Background::Plain { .. });
+        Self { prompts: self.prompts.iter().filter(|p| keep(p)).cloned().collect(), ..self.clone() }
+    }
 }
 
 /// Draws the set: single-object prompt `k` uses held-out combination `k % 10`, background kind
