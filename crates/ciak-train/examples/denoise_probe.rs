@@ -15,6 +15,11 @@
 //! 5; the empty caption as the unconditional branch), as image-to-video strength would: does the
 //! sampler keep an object it is given at that noise level, or erase it? GUIDE_BELOW: guidance only
 //! at noise levels under it (a guidance interval), the conditional prediction alone above.
+//!
+//! Options before the positional arguments: `--world FILE` draws the scenes from that world (a
+//! JSON object of `SamplerConfig` fields, as `ciak train latents --world` takes) instead of the
+//! default one; `--train SEED` probes training scenes (item i of the latent cache made with SEED,
+//! the scenes the DiT learned from) instead of held-out ones.
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
@@ -24,7 +29,21 @@ use ciak_train::train::vae::{clip_tensor, eval_scene, frames_rgb8};
 use ciak_train::{canonical_caption, render};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut world = ciak_train::SamplerConfig::default();
+    let mut train_seed: Option<u64> = None;
+    while args.len() > 2 && args[1].starts_with("--") {
+        let value = args.remove(2);
+        match args.remove(1).as_str() {
+            "--world" => {
+                let text = std::fs::read_to_string(&value).expect("--world: a readable JSON file");
+                world = ciak_train::SamplerConfig::from_json(&serde_json::from_str(&text).expect("--world: JSON"))
+                    .expect("--world: SamplerConfig fields");
+            }
+            "--train" => train_seed = Some(value.parse().expect("--train: a seed")),
+            other => panic!("unknown option {other}: expected --world FILE or --train SEED"),
+        }
+    }
     let (model, out) = (std::path::PathBuf::from(&args[1]), std::path::PathBuf::from(&args[2]));
     let clips: u64 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(3);
     std::fs::create_dir_all(&out).unwrap();
@@ -40,7 +59,10 @@ fn main() {
     let guide_below: f64 = args.get(7).map(|s| s.parse().expect("GUIDE_BELOW: a number")).unwrap_or(f64::INFINITY);
     let uncond = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
     for i in 0..clips {
-        let scene = eval_scene(1, i);
+        let scene = match train_seed {
+            Some(seed) => ciak_train::sample(seed, i, &world, ciak_train::Split::Train).scene,
+            None => eval_scene(1, i, &world),
+        };
         let caption = canonical_caption(&scene);
         let clip = render(&scene);
         let x = clip_tensor(&clip, &dev).unwrap();

@@ -15,7 +15,7 @@
 //! the error of predicting the background there; 1 = the object is placed, 0 = none of it) and
 //! the background's (the same outside the object, against predicting zeros).
 //!
-//!   cargo run --release -p ciak-train --example position_probe -- sample middle|free [STEPS] [WIDTH] [LAYERS]
+//!   cargo run --release -p ciak-train --example position_probe -- sample middle|free|colours [STEPS] [WIDTH] [LAYERS]
 //!
 //! The sampler's side of it: two captions (two colour pairs), the object either always in the
 //! middle (`middle`, what a world with `placement_spread` 0 asks of a still object) or anywhere
@@ -25,6 +25,16 @@
 //! background's; the report gives the mean count of object pixels (a placed object has 64), the
 //! mean fill of the best 8x8 window (1 = a whole square object) and, for `middle`, after `@`, how
 //! far that window lies from the middle (tokens, rows plus columns; 0 = where the caption puts it).
+//!
+//! Settings to try, from the environment: PROBE_FOREGROUND (the trainer's `foreground_weight` on
+//! the object's cells; pinned places only), PROBE_TEXT_LOCAL (`text_local_attention`),
+//! PROBE_SAMPLE_SHIFT (the sampler's shift, default 3), PROBE_TRAIN_SHIFT (training's, default 3),
+//! PROBE_TOP / PROBE_LEFT (`colours`: the object's place in latent pixels, default 12 / 24, the
+//! middle; 12 / 0 touches the left edge).
+//!
+//! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
+//! the object in the middle: can the model bind each colour word to its role? The report gives
+//! the share of samples whose middle / rest is nearest the caption's object / background colour.
 use candle_core::{Device, Tensor};
 use ciak_train::train::dit::{DitArch, DitTrainer, TextArch};
 use ciak_train::train::flow::{SigmaSampling, TrainRng};
@@ -72,10 +82,25 @@ struct Placed {
 impl Placed {
     fn new(captions: Vec<String>, places: Option<Vec<(usize, usize)>>, device: &Device) -> Result<Self> {
         let mut rng = TrainRng::new(7);
-        let (mut backgrounds, mut objects, mut patterns, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for k in 0..captions.len() {
+        let (mut backgrounds, mut objects) = (Vec::new(), Vec::new());
+        for _ in 0..captions.len() {
             backgrounds.push(rng.gaussian(&[C, 1, 1, 1], device)?);
             objects.push((rng.gaussian(&[C, 1, 1, 1], device)? * 1.5)?);
+        }
+        Self::with_vectors(captions, places, backgrounds, objects, rng, device)
+    }
+
+    /// Caption k's background and object vectors given ([C, 1, 1, 1] each).
+    fn with_vectors(
+        captions: Vec<String>,
+        places: Option<Vec<(usize, usize)>>,
+        backgrounds: Vec<Tensor>,
+        objects: Vec<Tensor>,
+        rng: TrainRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let (mut patterns, mut masks) = (Vec::new(), Vec::new());
+        for k in 0..captions.len() {
             if let Some(places) = &places {
                 let mask = square(places[k].0, places[k].1, device)?;
                 patterns.push(compose(&backgrounds[k], &objects[k], &mask)?);
@@ -100,7 +125,12 @@ impl LatentSource for Placed {
         let picks: Vec<usize> = (0..n).map(|_| (self.rng.next_u64() % self.captions.len() as u64) as usize).collect();
         let latents = Tensor::stack(&picks.iter().map(|&k| self.pattern(k)).collect::<Result<Vec<_>>>()?, 0)?;
         let captions = picks.iter().map(|&k| self.captions[k].clone()).collect();
-        Ok(LatentBatch { latents, captions, foreground: None })
+        // the object's cells, for a foreground-weighted loss (pinned places only)
+        let foreground = match self.places {
+            Some(_) => Some(Tensor::stack(&picks.iter().map(|&k| self.masks[k].clone()).collect::<Vec<_>>(), 0)?),
+            None => None,
+        };
+        Ok(LatentBatch { latents, captions, foreground })
     }
 
     fn state(&self) -> serde_json::Value {
@@ -110,6 +140,11 @@ impl LatentSource for Placed {
     fn restore(&mut self, _: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+}
+
+/// An experiment's setting from the environment (see the header), else `default`.
+fn knob(name: &str, default: f64) -> f64 {
+    std::env::var(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: a number, got {v}"))).unwrap_or(default)
 }
 
 fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize, terminal_share: f64) -> DitTrainConfig {
@@ -148,8 +183,8 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
         grad_clip: 1.0,
         ema_decay: 0.99,
         caption_dropout: if terminal_share < 1.0 { 0.1 } else { 0.0 },
-        foreground_weight: 0.0,
-        shift: 3.0,
+        foreground_weight: knob("PROBE_FOREGROUND", 0.0),
+        shift: knob("PROBE_TRAIN_SHIFT", 3.0),
         sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share,
         checkpoint_every: 1_000_000,
@@ -157,7 +192,7 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
         stop_at: None,
         fresh_optimizer: false,
         text_pretrain: None,
-        text_local_attention: 0.0,
+        text_local_attention: knob("PROBE_TEXT_LOCAL", 0.0),
         vae: None,
         image_steps: None,
     }
@@ -190,16 +225,17 @@ fn score(trainer: &DitTrainer, source: &Placed, draws: usize, device: &Device) -
     Ok(out)
 }
 
-/// `draws` samples of `caption` from pure noise: Euler over the shift-3 grid in `steps` steps,
+/// `draws` samples of `caption` from pure noise: Euler over the shift-3 grid (PROBE_SAMPLE_SHIFT) in `steps` steps,
 /// classifier-free guidance `guidance` against the empty caption. Returns [draws, C, 1, H, W].
 fn sample(trainer: &DitTrainer, caption: &str, draws: usize, steps: usize, guidance: f64, seed: u64) -> Result<Tensor> {
     let device = Device::Cpu;
     let cond = trainer.models.encode_text(&vec![caption.to_string(); draws])?;
     let uncond = trainer.models.encode_text(&vec![String::new(); draws])?;
     let mut x = TrainRng::new(seed).gaussian(&[draws, C, 1, H, W], &device)?;
+    let shift = knob("PROBE_SAMPLE_SHIFT", 3.0);
     let sigma = |i: usize| {
         let s = 1.0 - i as f64 / steps as f64;
-        3.0 * s / (1.0 + 2.0 * s)
+        shift * s / (1.0 + (shift - 1.0) * s)
     };
     for i in 0..steps {
         let t = Tensor::new(vec![(sigma(i) * 1000.0) as f32; draws], &device)?;
@@ -243,13 +279,85 @@ fn object_stats(source: &Placed, k: usize, samples: &Tensor) -> Result<(f64, f64
     Ok((count / n, fill / n, source.places.as_ref().map(|_| off / n)))
 }
 
+const COLOURS: [&str; 10] = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white", "black"];
+
+/// `colours` mode: every ordered pair of distinct colours as "a C1 ball on a C2 background", the
+/// object in the middle; each colour one latent vector, shared by objects and backgrounds, so the
+/// model has to bind each colour word to its role. Reports, for 10 fixed captions and 8 samples
+/// each, how often the middle window's mean vector is nearest the caption's object colour, and the
+/// rest of the grid nearest its background colour.
+fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::PathBuf) -> Result<()> {
+    let device = Device::Cpu;
+    let mut rng = TrainRng::new(11);
+    let palette: Vec<Tensor> = (0..COLOURS.len()).map(|_| rng.gaussian(&[C, 1, 1, 1], &device)).collect::<Result<_>>()?;
+    let (mut captions, mut pairs) = (Vec::new(), Vec::new());
+    for (a, object) in COLOURS.iter().enumerate() {
+        for (b, background) in COLOURS.iter().enumerate() {
+            if a != b {
+                captions.push(format!("a {object} ball on a {background} background"));
+                pairs.push((a, b));
+            }
+        }
+    }
+    let backgrounds = pairs.iter().map(|&(_, b)| palette[b].clone()).collect();
+    let objects = pairs.iter().map(|&(a, _)| palette[a].clone()).collect();
+    let place = (knob("PROBE_TOP", 12.0) as usize, knob("PROBE_LEFT", 24.0) as usize);
+    let places = Some(vec![place; captions.len()]);
+    let mut source = Placed::with_vectors(captions.clone(), places, backgrounds, objects, rng, &device)?;
+    let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
+    let nearest = |v: &Tensor| -> Result<usize> {
+        let d: Vec<f32> = palette.iter().map(|p| Ok((v - p)?.sqr()?.sum_all()?.to_scalar::<f32>()?)).collect::<Result<_>>()?;
+        Ok((0..d.len()).min_by(|&i, &j| d[i].total_cmp(&d[j])).unwrap())
+    };
+    let mask = square(place.0, place.1, &device)?;
+    let outside = (1.0 - &mask)?;
+    println!("colours: width {} layers {layers}; {} captions; share of samples whose object / background is the caption's colour", heads * 64, captions.len());
+    println!("(in brackets: the middle's mean strength of the object, 0 = background, 1 = the object)");
+    println!("step  loss     guidance 1               guidance 5");
+    train_reporting(&mut trainer, &mut source, steps, 5, |trainer, _, step, mean| {
+        let mut cols = String::new();
+        for guidance in [1.0, 5.0] {
+            let (mut object_hits, mut background_hits, mut strength, mut n) = (0, 0, 0.0, 0);
+            for k in (0..captions.len()).step_by(9) {
+                let x = sample(trainer, &captions[k], 8, 20, guidance, 2000 + k as u64)?;
+                for i in 0..8 {
+                    let x = x.get(i)?;
+                    let inside = x.broadcast_mul(&mask)?.sum_keepdim(1)?.sum_keepdim(2)?.sum_keepdim(3)?.affine(1.0 / 64.0, 0.0)?;
+                    let rest = x.broadcast_mul(&outside)?.sum_keepdim(1)?.sum_keepdim(2)?.sum_keepdim(3)?;
+                    let rest = (rest / ((H * W - 64) as f64))?;
+                    object_hits += (nearest(&inside)? == pairs[k].0) as usize;
+                    // how much of the object the middle holds: its mean projected on the line from
+                    // the background's vector (0) to the object's (1)
+                    let (object, background) = (&palette[pairs[k].0], &palette[pairs[k].1]);
+                    let axis = (object - background)?;
+                    let along = ((&inside - background)? * &axis)?.sum_all()?.to_scalar::<f32>()?;
+                    strength += along as f64 / axis.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                    background_hits += (nearest(&rest)? == pairs[k].1) as usize;
+                    n += 1;
+                }
+            }
+            let n = n as f64;
+            cols += &format!("  {:.2} / {:.2} ({:.2})", object_hits as f64 / n, background_hits as f64 / n, strength / n);
+        }
+        println!("{step:>5} {mean:.4} {cols}");
+        Ok(())
+    })
+}
+
 fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: std::path::PathBuf) -> Result<()> {
     let device = Device::Cpu;
+    if mode == "colours" {
+        return colours_run(steps, heads, layers, tokenizer);
+    }
     let captions: Vec<String> = vec!["a red ball on a blue background".into(), "a green star on a yellow background".into()];
     let places = match mode {
         "middle" => Some(vec![(12, 24); 2]),
         "free" => None,
-        other => return Err(TrainError::Data(format!("expected `sample middle` or `sample free`, got `sample {other}`"))),
+        other => {
+            return Err(TrainError::Data(format!(
+                "expected `sample middle`, `sample free` or `sample colours`, got `sample {other}`"
+            )))
+        }
     };
     let mut source = Placed::new(captions.clone(), places, &device)?;
     let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;

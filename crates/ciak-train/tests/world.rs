@@ -404,5 +404,52 @@ fn sampler_config_validate_names_the_bad_field() {
     bad(SamplerConfig { placement_spread: -0.5, ..Default::default() }, "placement_spread");
     bad(SamplerConfig { amount_spread: 1.5, ..Default::default() }, "amount_spread");
     bad(SamplerConfig { frames: 1, ..Default::default() }, "frames");
+    bad(SamplerConfig { placement_anchors: [[0.0, -0.1], [0.5; 2], [0.5; 2]], ..Default::default() }, "placement_anchors");
     assert_eq!(SamplerConfig::default().validate(), Ok(()));
+}
+
+#[test]
+fn placement_anchors_put_each_track_against_its_edge() {
+    // first object against the left margin, second against the right, both centred vertically
+    let cfg = SamplerConfig::from_json(&serde_json::json!({
+        "object_count_weights": [0, 1, 0],
+        "camera_probability": 0,
+        "placement_spread": 0,
+        "placement_anchors": [[0, 0.5], [1, 0.5], [0.5, 0.5]],
+    }))
+    .unwrap();
+    let mut rng = Rng::new(21);
+    let (mut anchored, mut fallbacks) = (0, 0);
+    for _ in 0..200 {
+        let s = sample_scene(&mut rng, &cfg, Split::Train);
+        assert_eq!(s.validate(), Ok(()));
+        let (w, h) = (s.width() as f32, s.height() as f32);
+        for (index, want_left) in [(0, true), (1, false)] {
+            // the track's reach toward the anchored edge, and its vertical room
+            let states: Vec<_> = (0..s.frames).map(|f| s.object_state(index, f)).collect();
+            let left = states.iter().map(|st| st.center[0] - st.bound).fold(f32::MAX, f32::min);
+            let right = states.iter().map(|st| w - st.center[0] - st.bound).fold(f32::MAX, f32::min);
+            let top = states.iter().map(|st| st.center[1] - st.bound).fold(f32::MAX, f32::min);
+            let bottom = states.iter().map(|st| h - st.center[1] - st.bound).fold(f32::MAX, f32::min);
+            let gap = if want_left { left } else { right };
+            // a second object that does not fit its anchored spot falls back to a free place
+            if (gap - 2.0).abs() < 0.5 && (top - bottom).abs() < 1.0 {
+                anchored += 1;
+            } else {
+                fallbacks += 1;
+            }
+        }
+    }
+    assert!(anchored >= 300 && fallbacks <= 100, "anchored {anchored}, fallbacks {fallbacks}");
+    // the default anchors change nothing: the same draws as before anchors existed
+    let centred = SamplerConfig { placement_spread: 0.0, ..Default::default() };
+    let explicit = SamplerConfig { placement_anchors: [[0.5; 2]; 3], ..centred.clone() };
+    let (mut a, mut b) = (Rng::new(4), Rng::new(4));
+    for _ in 0..50 {
+        assert_eq!(sample_scene(&mut a, &centred, Split::Train), sample_scene(&mut b, &explicit, Split::Train));
+    }
+    let err = SamplerConfig::from_json(&serde_json::json!({"placement_anchors": [[0, 1.5], [0, 0], [0, 0]]})).unwrap_err();
+    assert!(err.contains("placement_anchors") && err.contains("1.5"), "{err}");
+    let err = SamplerConfig::from_json(&serde_json::json!({"placement_anchors": [[0, 0.5]]})).unwrap_err();
+    assert!(err.starts_with("`placement_anchors`: "), "{err}");
 }

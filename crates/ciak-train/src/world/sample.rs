@@ -37,6 +37,15 @@ pub struct SamplerConfig {
     /// both spreads at 0 a caption that names the size pins the clip down: the clip the model
     /// has to draw from pure noise is the caption's mean clip, not a blur over places and speeds.
     pub amount_spread: f32,
+    /// Where in its room each object's start is drawn from, by the object's place in the scene
+    /// (first, second, third): `[x, y]`, each a fraction of the room along that axis, 0 the
+    /// lowest start that keeps the track inside (touching the left or top margin), 1 the highest,
+    /// 0.5 the middle. The `placement_spread` window sits at the anchor (centred at 0.5, flush
+    /// with the room's end at 0 or 1); at spread 1 the anchors change nothing. A Wan DiT has no
+    /// absolute position signal but RoPE's offsets, and learns where the edges are long before it
+    /// learns the middle (`examples/position_probe`), so a layout the caption pins down is learnt
+    /// much sooner against an edge.
+    pub placement_anchors: [[f32; 2]; 3],
 }
 
 impl Default for SamplerConfig {
@@ -50,6 +59,7 @@ impl Default for SamplerConfig {
             camera_probability: 0.5,
             placement_spread: 1.0,
             amount_spread: 1.0,
+            placement_anchors: [[0.5; 2]; 3],
         }
     }
 }
@@ -74,7 +84,7 @@ impl SamplerConfig {
     }
 
     /// Checks that scenes can be drawn: at least one aspect, weights that are finite, not
-    /// negative and not all zero, a probability and spreads in [0, 1], at least 2 frames.
+    /// negative and not all zero, a probability, spreads and anchors in [0, 1], at least 2 frames.
     pub fn validate(&self) -> Result<(), String> {
         if self.aspects.is_empty() {
             return Err("expected at least one aspect in `aspects`, got none".into());
@@ -96,6 +106,9 @@ impl SamplerConfig {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("expected `{name}` in [0, 1], got {v}"));
             }
+        }
+        if let Some(bad) = self.placement_anchors.iter().flatten().find(|a| !(0.0..=1.0).contains(*a)) {
+            return Err(format!("expected `placement_anchors` in [0, 1], got {bad} in {:?}", self.placement_anchors));
         }
         if self.frames < 2 || self.fps == 0 {
             return Err(format!("expected at least 2 `frames` and a positive `fps`, got {} and {}", self.frames, self.fps));
@@ -229,7 +242,8 @@ fn place_object(
         let Some(amount) = sample_amount(rng, scene, shape, size, motion, cfg.amount_spread) else { continue };
         let mut object = Object { shape, color, size, start: [0.5, 0.5], motion, amount };
         let spread = if attempt < 20 { cfg.placement_spread } else { 1.0 };
-        let Some(start) = sample_start(rng, scene, object, spread) else { continue };
+        let anchor = cfg.placement_anchors[scene.objects.len().min(2)];
+        let Some(start) = sample_start(rng, scene, object, spread, anchor) else { continue };
         object.start = start;
         debug_assert!(split == Split::Eval || !is_held_out(&object));
         scene.objects.push(object);
@@ -264,8 +278,8 @@ fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion:
 }
 
 /// A start position that keeps the whole track inside the frame (exact without zoom; with zoom the
-/// caller's validation rejects the rare misses).
-fn sample_start(rng: &mut Rng, scene: &Scene, object: Object, spread: f32) -> Option<[f32; 2]> {
+/// caller's validation rejects the rare misses), drawn from the `spread` window at `anchor`.
+fn sample_start(rng: &mut Rng, scene: &Scene, object: Object, spread: f32, anchor: [f32; 2]) -> Option<[f32; 2]> {
     let mut probe = scene.clone();
     probe.objects = vec![object];
     let (w, h) = (scene.width() as f32, scene.height() as f32);
@@ -282,18 +296,26 @@ fn sample_start(rng: &mut Rng, scene: &Scene, object: Object, spread: f32) -> Op
         return None;
     }
     let zoom = probe.view(0).zoom;
-    let x = centred(rng, lo_x, hi_x, spread);
-    let y = centred(rng, lo_y, hi_y, spread);
+    let x = anchored(rng, lo_x, hi_x, spread, anchor[0]);
+    let y = anchored(rng, lo_y, hi_y, spread, anchor[1]);
     Some([0.5 + x / zoom / w, 0.5 + y / zoom / h])
 }
 
 /// A draw from the centred `spread` fraction of `lo..hi`: the plain draw at 1 and above (so the
 /// default distribution is unchanged number for number), the midpoint at 0.
 fn centred(rng: &mut Rng, lo: f32, hi: f32, spread: f32) -> f32 {
+    anchored(rng, lo, hi, spread, 0.5)
+}
+
+/// A draw from the `spread` fraction of `lo..hi` placed at `anchor` (0: flush with `lo`, 0.5:
+/// centred, 1: flush with `hi`): the plain draw at spread 1 and above, the anchor point itself
+/// at 0.
+fn anchored(rng: &mut Rng, lo: f32, hi: f32, spread: f32, anchor: f32) -> f32 {
     if spread >= 1.0 {
         rng.range(lo, hi)
     } else {
-        let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0 * spread.max(0.0));
-        rng.range(mid - half, mid + half)
+        let width = (hi - lo) * spread.max(0.0);
+        let from = lo + (hi - lo - width) * anchor;
+        rng.range(from, from + width)
     }
 }
