@@ -29,6 +29,9 @@
 //! Settings to try, from the environment: PROBE_FOREGROUND (the trainer's `foreground_weight` on
 //! the object's cells; pinned places only), PROBE_TEXT_LOCAL (`text_local_attention`),
 //! PROBE_SAMPLE_SHIFT (the sampler's shift, default 3), PROBE_TRAIN_SHIFT (training's, default 3),
+//! PROBE_TERMINAL (`colours`: the share of training samples at exactly sigma 1, default 0.1),
+//! PROBE_OBJECT_COLOURS (`colours`: only the first n colours as objects, default all 10; at 1
+//! every object is red and only the background needs reading),
 //! PROBE_TOP / PROBE_LEFT (`colours`: the object's place in latent pixels, default 12 / 24, the
 //! middle; 12 / 0 touches the left edge).
 //!
@@ -291,7 +294,8 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
     let mut rng = TrainRng::new(11);
     let palette: Vec<Tensor> = (0..COLOURS.len()).map(|_| rng.gaussian(&[C, 1, 1, 1], &device)).collect::<Result<_>>()?;
     let (mut captions, mut pairs) = (Vec::new(), Vec::new());
-    for (a, object) in COLOURS.iter().enumerate() {
+    let object_colours = knob("PROBE_OBJECT_COLOURS", COLOURS.len() as f64) as usize;
+    for (a, object) in COLOURS.iter().enumerate().take(object_colours) {
         for (b, background) in COLOURS.iter().enumerate() {
             if a != b {
                 captions.push(format!("a {object} ball on a {background} background"));
@@ -304,7 +308,7 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
     let place = (knob("PROBE_TOP", 12.0) as usize, knob("PROBE_LEFT", 24.0) as usize);
     let places = Some(vec![place; captions.len()]);
     let mut source = Placed::with_vectors(captions.clone(), places, backgrounds, objects, rng, &device)?;
-    let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
+    let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, knob("PROBE_TERMINAL", 0.1)), &device)?;
     let nearest = |v: &Tensor| -> Result<usize> {
         let d: Vec<f32> = palette.iter().map(|p| Ok((v - p)?.sqr()?.sum_all()?.to_scalar::<f32>()?)).collect::<Result<_>>()?;
         Ok((0..d.len()).min_by(|&i, &j| d[i].total_cmp(&d[j])).unwrap())
@@ -318,7 +322,7 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
         let mut cols = String::new();
         for guidance in [1.0, 5.0] {
             let (mut object_hits, mut background_hits, mut strength, mut n) = (0, 0, 0.0, 0);
-            for k in (0..captions.len()).step_by(9) {
+            for k in (0..captions.len()).step_by(captions.len().div_ceil(10)) {
                 let x = sample(trainer, &captions[k], 8, 20, guidance, 2000 + k as u64)?;
                 for i in 0..8 {
                     let x = x.get(i)?;
