@@ -30,7 +30,7 @@ fn main() {
     let clips: u64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(6);
     let dev = Device::Cpu;
     let pipe = WanPipeline::load(&WanModelDir::open(&model).unwrap(), &LoadOptions::default()).unwrap();
-    let scenes: Vec<_> = (0..clips).map(|i| eval_scene(1, i, &ciak_train::SamplerConfig::default())).collect();
+    let scenes: Vec<_> = (0..clips).map(|i| eval_scene(1, i)).collect();
     let captions: Vec<String> = scenes.iter().map(canonical_caption).collect();
     let embeds: Vec<Tensor> =
         captions.iter().map(|c| pipe.text_encoder.encode(&[c.clone()]).unwrap().prompt_embeds).collect();

@@ -25,7 +25,7 @@ use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_train::preview::write_png;
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::vae::{clip_tensor, eval_scene, frames_rgb8};
+use ciak_train::train::vae::{clip_tensor, eval_scene_in, frames_rgb8};
 use ciak_train::{canonical_caption, render};
 
 fn main() {
@@ -61,7 +61,7 @@ fn main() {
     for i in 0..clips {
         let scene = match train_seed {
             Some(seed) => ciak_train::sample(seed, i, &world, ciak_train::Split::Train).scene,
-            None => eval_scene(1, i, &world),
+            None => eval_scene_in(1, i, &world),
         };
         let caption = canonical_caption(&scene);
         let clip = render(&scene);

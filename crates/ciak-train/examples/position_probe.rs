@@ -228,8 +228,9 @@ fn score(trainer: &DitTrainer, source: &Placed, draws: usize, device: &Device) -
     Ok(out)
 }
 
-/// `draws` samples of `caption` from pure noise: Euler over the shift-3 grid (PROBE_SAMPLE_SHIFT) in `steps` steps,
-/// classifier-free guidance `guidance` against the empty caption. Returns [draws, C, 1, H, W].
+/// `draws` samples of `caption` from pure noise: Euler over the shift-3 grid (PROBE_SAMPLE_SHIFT)
+/// in `steps` steps, classifier-free guidance `guidance` against the empty caption. Returns
+/// [draws, C, 1, H, W].
 fn sample(trainer: &DitTrainer, caption: &str, draws: usize, steps: usize, guidance: f64, seed: u64) -> Result<Tensor> {
     let device = Device::Cpu;
     let cond = trainer.models.encode_text(&vec![caption.to_string(); draws])?;
@@ -282,6 +283,13 @@ fn object_stats(source: &Placed, k: usize, samples: &Tensor) -> Result<(f64, f64
     Ok((count / n, fill / n, source.places.as_ref().map(|_| off / n)))
 }
 
+/// The mean vector of `x` ([C, 1, H, W]) over the cells where `mask` ([1, 1, H, W]) is 1, as
+/// [C, 1, 1, 1].
+fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let sum = x.broadcast_mul(mask)?.sum_keepdim(1)?.sum_keepdim(2)?.sum_keepdim(3)?;
+    Ok((sum / mask.sum_all()?.to_scalar::<f32>()? as f64)?)
+}
+
 const COLOURS: [&str; 10] = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white", "black"];
 
 /// `colours` mode: every ordered pair of distinct colours as "a C1 ball on a C2 background", the
@@ -326,9 +334,7 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
                 let x = sample(trainer, &captions[k], 8, 20, guidance, 2000 + k as u64)?;
                 for i in 0..8 {
                     let x = x.get(i)?;
-                    let inside = x.broadcast_mul(&mask)?.sum_keepdim(1)?.sum_keepdim(2)?.sum_keepdim(3)?.affine(1.0 / 64.0, 0.0)?;
-                    let rest = x.broadcast_mul(&outside)?.sum_keepdim(1)?.sum_keepdim(2)?.sum_keepdim(3)?;
-                    let rest = (rest / ((H * W - 64) as f64))?;
+                    let (inside, rest) = (masked_mean(&x, &mask)?, masked_mean(&x, &outside)?);
                     object_hits += (nearest(&inside)? == pairs[k].0) as usize;
                     // how much of the object the middle holds: its mean projected on the line from
                     // the background's vector (0) to the object's (1)

@@ -16,7 +16,7 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let vae = load_vae(&vae_dir, &Device::Cpu).unwrap();
     for i in 0..clips {
-        let scene = eval_scene(seed, i, &ciak_train::SamplerConfig::default());
+        let scene = eval_scene(seed, i);
         let clip = render(&scene);
         let x = clip_tensor(&clip, &Device::Cpu).unwrap();
         for (cw, ch) in [(64usize, 64usize), (128, 64), (128, 128)] {

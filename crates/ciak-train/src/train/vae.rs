@@ -720,7 +720,12 @@ pub fn psnr_db(got: &Tensor, want: &Tensor) -> Result<f64> {
 }
 
 /// Held-out scene `i` of a run seeded with `seed`: full size, 25 frames, `Split::Eval`.
-pub fn eval_scene(seed: u64, i: u64, world: &SamplerConfig) -> Scene {
+pub fn eval_scene(seed: u64, i: u64) -> Scene {
+    eval_scene_in(seed, i, &SamplerConfig::default())
+}
+
+/// [`eval_scene`] drawn from the world `world` instead of the default one.
+pub fn eval_scene_in(seed: u64, i: u64, world: &SamplerConfig) -> Scene {
     sample(seed ^ EVAL_SALT, i, world, Split::Eval).scene
 }
 
@@ -1033,7 +1038,7 @@ impl VaeTrainer {
 
     /// Mean and lowest PSNR of the EMA weights on the first `clips` held-out full-size clips.
     pub fn evaluate(&self, clips: usize) -> Result<EvalReport> {
-        let scenes: Vec<Scene> = (0..clips as u64).map(|i| eval_scene(self.cfg.seed, i, &SamplerConfig::default())).collect();
+        let scenes: Vec<Scene> = (0..clips as u64).map(|i| eval_scene(self.cfg.seed, i)).collect();
         let psnr = reconstruction_psnr(&self.ema_vae()?, &scenes)?;
         Ok(EvalReport::new(self.step, psnr))
     }
@@ -1474,7 +1479,7 @@ mod tests {
 
     #[test]
     fn frames_rgb8_inverts_clip_tensor() {
-        let scene = eval_scene(1, 0, &SamplerConfig::default());
+        let scene = eval_scene(1, 0);
         let clip = render(&scene);
         let back = frames_rgb8(&clip_tensor(&clip, &Device::Cpu).unwrap()).unwrap();
         assert_eq!(back, clip.pixels);
