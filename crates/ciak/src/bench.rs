@@ -62,6 +62,13 @@ pub struct BenchArgs {
     /// Parity mode: one relative tolerance for every check instead of the per-check ones.
     #[arg(long, requires = "parity")]
     pub tolerance: Option<f64>,
+    /// Time only the transformer forward (warmup + reps): no sampling, no VAE decode.
+    #[arg(long, conflicts_with = "parity")]
+    pub forward_only: bool,
+    /// Attention score elements materialised per block of query rows (default 67108864 = 2^26,
+    /// 256 MiB in f32): larger blocks, fewer and larger matrix products, more memory.
+    #[arg(long, value_name = "N")]
+    pub attention_scores: Option<usize>,
 }
 
 fn write_json(path: &Path, text: String) -> Result<()> {
@@ -92,6 +99,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.reps == 0 {
         bail!("expected --reps >= 1, got 0");
     }
+    if let Some(n) = args.attention_scores {
+        if n == 0 {
+            bail!("expected --attention-scores >= 1 (score elements per attention block), got 0");
+        }
+        ciak_models::wan::attention::set_score_budget(n);
+    }
     let spec = BenchSpec {
         width,
         height,
@@ -106,6 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         reps: args.reps,
         seed: args.seed,
+        forward_only: args.forward_only,
         ..BenchSpec::new(BenchModel::parse(&args.model)?)
     };
     let report = bench::run(&spec, &mut |line| eprintln!("{line}"))?;
@@ -176,6 +190,7 @@ pub fn table(r: &BenchReport) -> String {
         r.guidance,
         if r.cfg { " (CFG, batch 2)" } else { "" }
     ));
+    out.push_str(&format!("attention: blocks of {} score elements\n", r.attention_score_budget));
     let row = |out: &mut String, stage: &str, seconds: String, note: String| {
         out.push_str(&format!("{stage:<30} {seconds:>11}  {note}\n"));
     };
@@ -211,16 +226,19 @@ pub fn table(r: &BenchReport) -> String {
             gib(f.peak_host_rss_bytes)
         ),
     );
-    let sm = &st.sampling;
-    row(
-        &mut out,
-        &format!("sampling ({} steps)", r.steps),
-        s(sm.seconds),
-        format!("{:.3} s/step (median), batch {}, {}peak host {}", sm.per_step_s, sm.batch, cpu(sm.cpu_s), gib(sm.peak_host_rss_bytes)),
-    );
-    let d = &st.vae_decode;
-    row(&mut out, "VAE decode", s(d.seconds), format!("{}peak host {}", cpu(d.cpu_s), gib(d.peak_host_rss_bytes)));
-    row(&mut out, "total (text+sampling+decode)", s(st.total.seconds), cpu(st.total.cpu_s).trim_end_matches(", ").to_string());
+    match (&st.sampling, &st.vae_decode, &st.total) {
+        (Some(sm), Some(d), Some(t)) => {
+            row(
+                &mut out,
+                &format!("sampling ({} steps)", r.steps),
+                s(sm.seconds),
+                format!("{:.3} s/step (median), batch {}, {}peak host {}", sm.per_step_s, sm.batch, cpu(sm.cpu_s), gib(sm.peak_host_rss_bytes)),
+            );
+            row(&mut out, "VAE decode", s(d.seconds), format!("{}peak host {}", cpu(d.cpu_s), gib(d.peak_host_rss_bytes)));
+            row(&mut out, "total (text+sampling+decode)", s(t.seconds), cpu(t.cpu_s).trim_end_matches(", ").to_string());
+        }
+        _ => row(&mut out, "sampling, VAE decode", "skipped".into(), "--forward-only".into()),
+    }
     row(&mut out, "peak memory (host RSS)", gib(r.peak_memory.host_rss_bytes), "whole run, build included".into());
     row(&mut out, "peak memory (device)", gib(r.peak_memory.device_bytes), r.peak_memory.note.clone());
     out

@@ -127,6 +127,34 @@ fn a_model_folder_runs_with_its_own_weights() {
     }
 }
 
+#[test]
+fn forward_only_times_the_transformer_alone_with_any_attention_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = fixtures().join("tiny-wan");
+    // 32x32x5 is 8 tokens and the tiny model has 2 heads: 8 score elements are blocks of 4 query rows
+    for scores in [None, Some("8")] {
+        let mut args = vec![
+            "bench", "--model", tiny.to_str().unwrap(), "--size", "32x32", "--frames", "5", "--text-encoder", "skip",
+            "--forward-only", "--reps", "2", "--json", "fwd.json",
+        ];
+        if let Some(n) = scores {
+            args.extend_from_slice(&["--attention-scores", n]);
+        }
+        let out = ciak(dir.path(), &args);
+        assert!(out.status.success(), "{scores:?}: {}", text(&out.stderr));
+        let r = read_json(&dir.path().join("fwd.json"));
+        let st = &r["stages"];
+        assert_eq!(st["transformer_forward"]["runs"].as_array().unwrap().len(), 2);
+        seconds(&st["transformer_forward"]["seconds"], "forward");
+        for skipped in ["sampling", "vae_decode", "total", "text_encoder"] {
+            assert!(st[skipped].is_null(), "{skipped}: {}", st[skipped]);
+        }
+        assert_eq!(r["attention_score_budget"].as_u64(), Some(scores.map_or(1 << 26, |n| n.parse().unwrap())));
+        let table = text(&out.stdout);
+        assert!(table.contains("--forward-only") && table.contains("attention: blocks of"), "{table}");
+    }
+}
+
 fn parity(dir: &Path, extra: &[&str]) -> (Output, Value) {
     let fixtures = fixtures();
     let mut args = vec!["bench", "--parity", fixtures.to_str().unwrap(), "--json", "parity.json"];
@@ -183,8 +211,9 @@ fn parity_mode_fails_when_a_check_is_over_tolerance() {
 #[test]
 fn bad_options_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--size", "40x64"], "expected width a multiple of 16, got 40"),
+        (&["--attention-scores", "0"], "expected --attention-scores >= 1 (score elements per attention block), got 0"),
         (&["--frames", "6"], "expected frames = 1+4k, got 6"),
         (&["--size", "big"], "expected --size WIDTHxHEIGHT"),
         (&["--device", "tpu"], "expected --device cpu or cuda, got `tpu`"),

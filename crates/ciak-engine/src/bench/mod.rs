@@ -115,6 +115,8 @@ pub struct BenchSpec {
     pub reps: usize,
     /// Seed of the random weights and of the noise.
     pub seed: u64,
+    /// Time the transformer forward only: no text encoder run, no sampling, no VAE decode.
+    pub forward_only: bool,
 }
 
 impl BenchSpec {
@@ -135,6 +137,7 @@ impl BenchSpec {
             warmup: 1,
             reps: 3,
             seed: 0,
+            forward_only: false,
         }
     }
 
@@ -535,10 +538,11 @@ pub struct Stages {
     pub text_encoder: Option<Stage>,
     /// Batch 1, timestep 500, the conditional context.
     pub transformer_forward: Timing,
-    pub sampling: Sampling,
-    pub vae_decode: Stage,
+    /// `None` for a forward-only run (as are `vae_decode` and `total`).
+    pub sampling: Option<Sampling>,
+    pub vae_decode: Option<Stage>,
     /// Text encoder + sampling + VAE decode: one clip without loading.
-    pub total: Stage,
+    pub total: Option<Stage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -573,6 +577,9 @@ pub struct BenchReport {
     pub latent_shape: [usize; 5],
     /// Transformer tokens per sample (latent cells over the patch volume).
     pub tokens: usize,
+    /// Score elements the attention materialises per block of query rows
+    /// (`ciak_models::wan::attention::score_budget`).
+    pub attention_score_budget: usize,
     pub build: BuildReport,
     pub stages: Stages,
     pub peak_memory: PeakMemory,
@@ -608,22 +615,17 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let forward = pipe.time_forward(&latents, &context, spec.warmup, spec.reps)?;
     log(&format!("transformer forward: {:.3} s (median of {})", forward.seconds, forward.runs.len()));
 
-    log(&format!("sampling {} steps{}", req.steps, if req.guidance > 1.0 { " with CFG" } else { "" }));
-    let sampled = pipe.generate_from_latents(&req, latents, &mut |i, n, s| log(&format!("step {i}/{n}: {s:.3} s")))?;
+    let sampled = if spec.forward_only {
+        None
+    } else {
+        log(&format!("sampling {} steps{}", req.steps, if req.guidance > 1.0 { " with CFG" } else { "" }));
+        Some(pipe.generate_from_latents(&req, latents, &mut |i, n, s| log(&format!("step {i}/{n}: {s:.3} s")))?)
+    };
     let host_peak = memory::peak_rss_bytes();
     let scheduler = req.scheduler.unwrap_or_else(|| pipe.scheduler.kind()).to_string();
     let [_, ph, pw] = pipe.transformer.config().patch_size;
     let pt = pipe.transformer.config().patch_size[0];
     let tokens = (shape.2 / pt) * (shape.3 / ph) * (shape.4 / pw);
-
-    let mut sorted = sampled.step_seconds.clone();
-    sorted.sort_by(f64::total_cmp);
-    let total_s = sampled.text.map(|s| s.seconds).unwrap_or(0.0) + sampled.sampling.seconds + sampled.decode.seconds;
-    let stage_peaks = [sampled.text.and_then(|s| s.peak_host_rss_bytes), sampled.sampling.peak_host_rss_bytes, sampled.decode.peak_host_rss_bytes];
-    let total_cpu = match sampled.text {
-        Some(t) => t.cpu_s.zip(sampled.sampling.cpu_s).zip(sampled.decode.cpu_s).map(|((a, b), c)| a + b + c),
-        None => sampled.sampling.cpu_s.zip(sampled.decode.cpu_s).map(|(b, c)| b + c),
-    };
     let cpu_device = device.is_cpu();
     let peak_memory = PeakMemory {
         host_rss_bytes: host_peak,
@@ -652,24 +654,42 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
         scheduler,
         latent_shape: [shape.0, shape.1, shape.2, shape.3, shape.4],
         tokens,
+        attention_score_budget: ciak_models::wan::attention::score_budget(),
         build,
-        stages: Stages {
-            text_encoder: sampled.text,
-            transformer_forward: forward,
-            sampling: Sampling {
-                seconds: sampled.sampling.seconds,
-                per_step_s: sorted[sorted.len() / 2],
-                step_seconds: sampled.step_seconds.clone(),
-                batch: if req.guidance > 1.0 { 2 } else { 1 },
-                cpu_s: sampled.sampling.cpu_s,
-                peak_host_rss_bytes: sampled.sampling.peak_host_rss_bytes,
-            },
-            vae_decode: sampled.decode,
-            total: Stage { seconds: total_s, cpu_s: total_cpu, peak_host_rss_bytes: stage_peaks.into_iter().flatten().max() },
+        stages: match sampled {
+            Some(sampled) => sampled_stages(sampled, forward, if req.guidance > 1.0 { 2 } else { 1 }),
+            None => Stages { text_encoder: None, transformer_forward: forward, sampling: None, vae_decode: None, total: None },
         },
         peak_memory,
         wall_s: wall.elapsed().as_secs_f64(),
     })
+}
+
+/// The stages of a full run: text encoding, the sampling loop (`batch` samples per step) and the
+/// VAE decode, with their total.
+fn sampled_stages(sampled: Sampled, forward: Timing, batch: usize) -> Stages {
+    let mut sorted = sampled.step_seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let total_s = sampled.text.map(|s| s.seconds).unwrap_or(0.0) + sampled.sampling.seconds + sampled.decode.seconds;
+    let stage_peaks = [sampled.text.and_then(|s| s.peak_host_rss_bytes), sampled.sampling.peak_host_rss_bytes, sampled.decode.peak_host_rss_bytes];
+    let total_cpu = match sampled.text {
+        Some(t) => t.cpu_s.zip(sampled.sampling.cpu_s).zip(sampled.decode.cpu_s).map(|((a, b), c)| a + b + c),
+        None => sampled.sampling.cpu_s.zip(sampled.decode.cpu_s).map(|(b, c)| b + c),
+    };
+    Stages {
+        text_encoder: sampled.text,
+        transformer_forward: forward,
+        sampling: Some(Sampling {
+            seconds: sampled.sampling.seconds,
+            per_step_s: sorted[sorted.len() / 2],
+            step_seconds: sampled.step_seconds,
+            batch,
+            cpu_s: sampled.sampling.cpu_s,
+            peak_host_rss_bytes: sampled.sampling.peak_host_rss_bytes,
+        }),
+        vae_decode: Some(sampled.decode),
+        total: Some(Stage { seconds: total_s, cpu_s: total_cpu, peak_host_rss_bytes: stage_peaks.into_iter().flatten().max() }),
+    }
 }
 
 #[cfg(test)]

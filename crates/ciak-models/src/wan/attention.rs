@@ -4,12 +4,27 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ops::{linear, Linear};
 use super::rope::apply_rope;
 
-/// Upper bound on the score-matrix elements materialised at once (256 MiB in f32).
-const SCORE_BUDGET: usize = 1 << 26;
+/// Default upper bound on the score-matrix elements materialised at once (256 MiB in f32).
+pub const DEFAULT_SCORE_BUDGET: usize = 1 << 26;
+
+static SCORE_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_SCORE_BUDGET);
+
+/// Sets, for the whole process, how many score elements [`sdpa`] materialises per block of query
+/// rows (at least one row per block whatever the value). Larger blocks mean fewer, larger matrix
+/// products (what a GPU wants) and more memory; the result is the same up to rounding.
+pub fn set_score_budget(elements: usize) {
+    SCORE_BUDGET.store(elements.max(1), Ordering::Relaxed);
+}
+
+/// The current per-block score budget of [`sdpa`], in elements.
+pub fn score_budget() -> usize {
+    SCORE_BUDGET.load(Ordering::Relaxed)
+}
 
 /// Softmax attention without a mask, `softmax(q k^T * scale) v`, bounded memory.
 ///
@@ -21,7 +36,7 @@ const SCORE_BUDGET: usize = 1 << 26;
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, _, _) = q.dims4()?;
     let l_k = k.dim(2)?;
-    let block_rows = (SCORE_BUDGET / (b * h * l_k).max(1)).max(1);
+    let block_rows = (score_budget() / (b * h * l_k).max(1)).max(1);
     sdpa_blocked(q, k, v, scale, block_rows)
 }
 
