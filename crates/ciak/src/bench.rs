@@ -65,8 +65,8 @@ pub struct BenchArgs {
     /// Time only the transformer forward (warmup + reps): no sampling, no VAE decode.
     #[arg(long, conflicts_with = "parity")]
     pub forward_only: bool,
-    /// Attention score elements materialised per block of query rows (default 67108864 = 2^26,
-    /// 256 MiB in f32): larger blocks, fewer and larger matrix products, more memory.
+    /// Attention score elements materialised per block of query rows (default 2^26 = 67108864
+    /// on the CPU, 2^28 on CUDA): larger blocks, fewer and larger matrix products, more memory.
     #[arg(long, value_name = "N")]
     pub attention_scores: Option<usize>,
 }

@@ -654,7 +654,7 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
         scheduler,
         latent_shape: [shape.0, shape.1, shape.2, shape.3, shape.4],
         tokens,
-        attention_score_budget: ciak_models::wan::attention::score_budget(),
+        attention_score_budget: ciak_models::wan::attention::score_budget(device),
         build,
         stages: match sampled {
             Some(sampled) => sampled_stages(sampled, forward, if req.guidance > 1.0 { 2 } else { 1 }),

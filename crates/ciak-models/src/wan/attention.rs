@@ -2,17 +2,24 @@
 //! rows, and the diffusers `WanAttention` module (self-attention with RoPE, cross-attention with
 //! the optional I2V image branch).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ops::{linear, Linear};
 use super::rope::apply_rope;
 
-/// Default upper bound on the score-matrix elements materialised at once (256 MiB in f32).
+/// Default upper bound on the score-matrix elements materialised at once on the CPU (256 MiB in
+/// f32).
 pub const DEFAULT_SCORE_BUDGET: usize = 1 << 26;
 
-static SCORE_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_SCORE_BUDGET);
+/// The default on accelerators, where the scores stay in bf16/f16: 512 MiB of scores and as much
+/// of probabilities per block. Blocks 4x larger made the Wan2.1-1.3B forward at 32,760 tokens
+/// 1.6x faster on an H200 (docs/performance.md).
+pub const DEFAULT_SCORE_BUDGET_ACCELERATOR: usize = 1 << 28;
+
+/// 0: the per-device default.
+static SCORE_BUDGET: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets, for the whole process, how many score elements [`sdpa`] materialises per block of query
 /// rows (at least one row per block whatever the value). Larger blocks mean fewer, larger matrix
@@ -21,9 +28,15 @@ pub fn set_score_budget(elements: usize) {
     SCORE_BUDGET.store(elements.max(1), Ordering::Relaxed);
 }
 
-/// The current per-block score budget of [`sdpa`], in elements.
-pub fn score_budget() -> usize {
-    SCORE_BUDGET.load(Ordering::Relaxed)
+/// The per-block score budget of [`sdpa`] on `device`, in elements: the one set by
+/// [`set_score_budget`], else [`DEFAULT_SCORE_BUDGET`] on the CPU and
+/// [`DEFAULT_SCORE_BUDGET_ACCELERATOR`] elsewhere.
+pub fn score_budget(device: &Device) -> usize {
+    match SCORE_BUDGET.load(Ordering::Relaxed) {
+        0 if device.is_cpu() => DEFAULT_SCORE_BUDGET,
+        0 => DEFAULT_SCORE_BUDGET_ACCELERATOR,
+        n => n,
+    }
 }
 
 /// Softmax attention without a mask, `softmax(q k^T * scale) v`, bounded memory.
@@ -36,7 +49,7 @@ pub fn score_budget() -> usize {
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, _, _) = q.dims4()?;
     let l_k = k.dim(2)?;
-    let block_rows = (score_budget() / (b * h * l_k).max(1)).max(1);
+    let block_rows = (score_budget(q.device()) / (b * h * l_k).max(1)).max(1);
     sdpa_blocked(q, k, v, scale, block_rows)
 }
 
@@ -79,9 +92,14 @@ pub fn sdpa_blocked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, block_rows: 
     Tensor::cat(&blocks, 2)?.to_dtype(out_dtype)
 }
 
+/// `softmax(q kt) v` for one block. The scores keep the matmul's dtype: on the CPU that is f32
+/// (see [`sdpa_blocked`]); on accelerators bf16/f16, whose softmax kernel sums the exponentials
+/// in f32, so casting the scores to f32 and the probabilities back (two extra passes over the
+/// score block, 42% of a CUDA forward's time at 9,360 tokens) would add passes, not precision:
+/// the scores come out of the matmul rounded to the input dtype already.
 fn attend(q: &Tensor, kt: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let scores = q.matmul(kt)?.to_dtype(DType::F32)?;
-    let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    let scores = q.matmul(kt)?;
+    let probs = super::ops::softmax_last_dim(&scores)?;
     probs.matmul(v)
 }
 
