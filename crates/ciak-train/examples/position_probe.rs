@@ -33,7 +33,11 @@
 //! PROBE_OBJECT_COLOURS (`colours`: only the first n colours as objects, default all 10; at 1
 //! every object is red and only the background needs reading),
 //! PROBE_TOP / PROBE_LEFT (`colours`: the object's place in latent pixels, default 12 / 24, the
-//! middle; 12 / 0 touches the left edge).
+//! middle; 12 / 0 touches the left edge), PROBE_BACKGROUND_COLOURS (`colours`: only the first n
+//! colours as backgrounds, default all 10), PROBE_OBJECT_SCALE (`colours`: the object's vector is
+//! its colour's times this, default 1; `middle` and `free` draw theirs at 1.5), PROBE_CAPTIONS
+//! (`middle`/`free`: this many captions, each with its own vectors, default 2), PROBE_SAME_OBJECT
+//! (`middle`/`free`: 1 gives every caption the first caption's object vector).
 //!
 //! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
 //! the object in the middle: can the model bind each colour word to its role? The report gives
@@ -283,6 +287,18 @@ fn object_stats(source: &Placed, k: usize, samples: &Tensor) -> Result<(f64, f64
     Ok((count / n, fill / n, source.places.as_ref().map(|_| off / n)))
 }
 
+/// Per caption (the first 10), the object vector's norm and its distance to the background's, in
+/// the units of the unit-variance noise (per channel: divided by sqrt(C)).
+fn print_contrast(source: &Placed) -> Result<()> {
+    let norm = |t: &Tensor| -> Result<f64> { Ok((t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / C as f64).sqrt()) };
+    let mut line = String::from("object rms / object-background rms:");
+    for k in 0..source.captions.len().min(10) {
+        line += &format!(" {:.2}/{:.2}", norm(&source.objects[k])?, norm(&(&source.objects[k] - &source.backgrounds[k])?)?);
+    }
+    println!("{line}");
+    Ok(())
+}
+
 /// The mean vector of `x` ([C, 1, H, W]) over the cells where `mask` ([1, 1, H, W]) is 1, as
 /// [C, 1, 1, 1].
 fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -303,8 +319,9 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
     let palette: Vec<Tensor> = (0..COLOURS.len()).map(|_| rng.gaussian(&[C, 1, 1, 1], &device)).collect::<Result<_>>()?;
     let (mut captions, mut pairs) = (Vec::new(), Vec::new());
     let object_colours = knob("PROBE_OBJECT_COLOURS", COLOURS.len() as f64) as usize;
+    let background_colours = knob("PROBE_BACKGROUND_COLOURS", COLOURS.len() as f64) as usize;
     for (a, object) in COLOURS.iter().enumerate().take(object_colours) {
-        for (b, background) in COLOURS.iter().enumerate() {
+        for (b, background) in COLOURS.iter().enumerate().take(background_colours) {
             if a != b {
                 captions.push(format!("a {object} ball on a {background} background"));
                 pairs.push((a, b));
@@ -312,10 +329,12 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
         }
     }
     let backgrounds = pairs.iter().map(|&(_, b)| palette[b].clone()).collect();
-    let objects = pairs.iter().map(|&(a, _)| palette[a].clone()).collect();
+    let scale = knob("PROBE_OBJECT_SCALE", 1.0);
+    let objects = pairs.iter().map(|&(a, _)| palette[a].clone() * scale).collect::<candle_core::Result<_>>()?;
     let place = (knob("PROBE_TOP", 12.0) as usize, knob("PROBE_LEFT", 24.0) as usize);
     let places = Some(vec![place; captions.len()]);
     let mut source = Placed::with_vectors(captions.clone(), places, backgrounds, objects, rng, &device)?;
+    print_contrast(&source)?;
     let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, knob("PROBE_TERMINAL", 0.1)), &device)?;
     let nearest = |v: &Tensor| -> Result<usize> {
         let d: Vec<f32> = palette.iter().map(|p| Ok((v - p)?.sqr()?.sum_all()?.to_scalar::<f32>()?)).collect::<Result<_>>()?;
@@ -326,12 +345,16 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
     println!("colours: width {} layers {layers}; {} captions; share of samples whose object / background is the caption's colour", heads * 64, captions.len());
     println!("(in brackets: the middle's mean strength of the object, 0 = background, 1 = the object)");
     println!("step  loss     guidance 1               guidance 5");
-    train_reporting(&mut trainer, &mut source, steps, 5, |trainer, _, step, mean| {
+    train_reporting(&mut trainer, &mut source, steps, 5, |trainer, source, step, mean| {
         let mut cols = String::new();
         for guidance in [1.0, 5.0] {
             let (mut object_hits, mut background_hits, mut strength, mut n) = (0, 0, 0.0, 0);
+            let (mut pixels, mut fill, mut off, mut drawn) = (0.0, 0.0, 0.0, 0.0);
             for k in (0..captions.len()).step_by(captions.len().div_ceil(10)) {
                 let x = sample(trainer, &captions[k], 8, 20, guidance, 2000 + k as u64)?;
+                // the `middle` mode's measures: object pixels, best window's fill, its offset
+                let (p, f, o) = object_stats(source, k, &x)?;
+                (pixels, fill, off, drawn) = (pixels + p, fill + f, off + o.unwrap_or(0.0), drawn + 1.0);
                 for i in 0..8 {
                     let x = x.get(i)?;
                     let (inside, rest) = (masked_mean(&x, &mask)?, masked_mean(&x, &outside)?);
@@ -347,7 +370,8 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
                 }
             }
             let n = n as f64;
-            cols += &format!("  {:.2} / {:.2} ({:.2})", object_hits as f64 / n, background_hits as f64 / n, strength / n);
+            cols += &format!("  {:.2} / {:.2} ({:.2}) {:.1} / {:.2} @{:.1}", object_hits as f64 / n, background_hits as f64 / n,
+                strength / n, pixels / drawn, fill / drawn, off / drawn);
         }
         println!("{step:>5} {mean:.4} {cols}");
         Ok(())
@@ -359,9 +383,13 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
     if mode == "colours" {
         return colours_run(steps, heads, layers, tokenizer);
     }
-    let captions: Vec<String> = vec!["a red ball on a blue background".into(), "a green star on a yellow background".into()];
+    let mut captions: Vec<String> = vec!["a red ball on a blue background".into(), "a green star on a yellow background".into()];
+    // PROBE_CAPTIONS: more captions, each with its own random vectors (colour i on colour i + 5)
+    for i in 2..knob("PROBE_CAPTIONS", 2.0) as usize {
+        captions.push(format!("a {} ball on a {} background", COLOURS[i % 10], COLOURS[(i + 5) % 10]));
+    }
     let places = match mode {
-        "middle" => Some(vec![(12, 24); 2]),
+        "middle" => Some(vec![(12, 24); captions.len()]),
         "free" => None,
         other => {
             return Err(TrainError::Data(format!(
@@ -370,6 +398,15 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
         }
     };
     let mut source = Placed::new(captions.clone(), places, &device)?;
+    if knob("PROBE_SAME_OBJECT", 0.0) != 0.0 {
+        // every caption's object is the first one's: only the background follows the caption
+        let first = source.objects[0].clone();
+        let backgrounds = source.backgrounds.clone();
+        let places = source.places.clone();
+        let objects = vec![first; captions.len()];
+        source = Placed::with_vectors(captions.clone(), places, backgrounds, objects, TrainRng::new(7), &device)?;
+    }
+    print_contrast(&source)?;
     let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
     println!("{mode}: width {} layers {layers}; per caption, object pixels (64 = one object) / best 8x8 window fill", heads * 64);
     println!("step  loss      guidance 1                  guidance 5");
