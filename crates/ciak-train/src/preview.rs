@@ -54,6 +54,9 @@ pub struct PreviewOptions {
     pub split: Split,
     /// Every how many frames the strip shows.
     pub every: usize,
+    /// The scene distribution (`SamplerConfig::default()` is the training world); `aspect`, when
+    /// set, replaces its aspect ratios.
+    pub world: SamplerConfig,
 }
 
 /// One written clip, as listed in `scenes.json`.
@@ -71,7 +74,7 @@ pub struct PreviewEntry {
 /// into `dir` (created if missing). Returns what it wrote.
 pub fn write_preview(dir: &Path, opts: &PreviewOptions) -> io::Result<Vec<PreviewEntry>> {
     std::fs::create_dir_all(dir)?;
-    let mut cfg = SamplerConfig::default();
+    let mut cfg = opts.world.clone();
     if let Some(aspect) = opts.aspect {
         cfg.aspects = vec![aspect];
     }

@@ -64,6 +64,10 @@ pub struct PreviewArgs {
     /// Show every Nth frame in the strip (the last frame is always shown).
     #[arg(long, default_value_t = 4)]
     pub every: usize,
+    /// A JSON file of world settings (any fields of `SamplerConfig`, the rest default), as
+    /// `train latents --world` takes: preview the world a latent cache would be made of.
+    #[arg(long, value_name = "FILE")]
+    pub world: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +128,11 @@ fn preview(p: PreviewArgs) -> Result<()> {
         SplitArg::Train => Split::Train,
         SplitArg::Eval => Split::Eval,
     };
-    let opts = PreviewOptions { count: p.count, seed: p.seed, aspect: p.aspect, split, every: p.every };
+    let world = match &p.world {
+        None => SamplerConfig::default(),
+        Some(file) => read_world(file)?,
+    };
+    let opts = PreviewOptions { count: p.count, seed: p.seed, aspect: p.aspect, split, every: p.every, world };
     let start = Instant::now();
     let entries = write_preview(&p.out, &opts).with_context(|| format!("writing the preview to {}", p.out.display()))?;
     for e in &entries {

@@ -282,3 +282,40 @@ fn bad_input_is_one_clear_line() {
     std::fs::write(d.join("f/cache.json"), "{}").unwrap();
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--out", "f"]), "already holds a latent cache");
 }
+
+#[test]
+fn preview_writes_strips_with_captions_and_previews_a_narrowed_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |sub: &str| -> (Vec<Value>, Vec<String>) {
+        let scenes: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(sub).join("scenes.json")).unwrap()).unwrap();
+        let captions = std::fs::read_to_string(dir.path().join(sub).join("captions.txt")).unwrap();
+        (scenes.as_array().unwrap().clone(), captions.lines().map(str::to_string).collect())
+    };
+    let out = ok(ciak(dir.path(), &["train", "preview", "--count", "3", "--out", "all"]));
+    assert!(out.contains("wrote 3 clips to all"), "{out}");
+    let (scenes, captions) = read("all");
+    assert_eq!((scenes.len(), captions.len()), (3, 3));
+    for (i, (scene, caption)) in scenes.iter().zip(&captions).enumerate() {
+        let file = format!("clip_{i:04}.png");
+        assert!(std::fs::read(dir.path().join("all").join(&file)).unwrap().starts_with(b"\x89PNG"));
+        assert_eq!(caption, &format!("{file}\t{}", scene["caption"].as_str().unwrap()));
+    }
+    // the world file of `train latents --world`: three objects, every one flush with its room's edge
+    write(
+        &dir.path().join("world.json"),
+        &json!({ "object_count_weights": [0, 0, 1], "placement_spread": 0, "placement_anchors": [[0, 0.5], [1, 0.5], [0.5, 0]] }),
+    );
+    ok(ciak(dir.path(), &["train", "preview", "--count", "4", "--world", "world.json", "--aspect", "1:1", "--out", "three"]));
+    let (scenes, _) = read("three");
+    assert_eq!(scenes.len(), 4);
+    for s in &scenes {
+        assert_eq!(s["scene"]["objects"].as_array().unwrap().len(), 3, "{s}");
+        assert_eq!(s["scene"]["aspect"], "1:1", "{s}");
+    }
+    // bad input: one line, nothing written
+    write(&dir.path().join("bad.json"), &json!({ "placement_anchors": [[2, 0.5], [0.5, 0.5], [0.5, 0.5]] }));
+    fails(ciak(dir.path(), &["train", "preview", "--world", "bad.json", "--out", "bad"]), "bad world settings bad.json");
+    fails(ciak(dir.path(), &["train", "preview", "--world", "missing.json", "--out", "bad"]), "missing.json");
+    fails(ciak(dir.path(), &["train", "preview", "--count", "0", "--out", "bad"]), "expected --count of at least 1, got 0");
+    assert!(!dir.path().join("bad").exists());
+}
