@@ -115,7 +115,8 @@ pub struct BenchSpec {
     pub reps: usize,
     /// Seed of the random weights and of the noise.
     pub seed: u64,
-    /// Time the transformer forward only: no text encoder run, no sampling, no VAE decode.
+    /// Time the transformer forward only: no sampling, no VAE decode, no text-encoder timing (a
+    /// built text encoder still makes the context, untimed; `--text-encoder skip` builds none).
     pub forward_only: bool,
 }
 
