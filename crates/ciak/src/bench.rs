@@ -3,7 +3,7 @@
 use crate::options::{parse_dtype, parse_device, parse_size};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use ciak_engine::bench::{self, parity, BenchModel, BenchReport, BenchSpec, TextEncoderChoice};
+use ciak_engine::bench::{self, parity, BenchModel, BenchOnly, BenchReport, BenchSpec, TextEncoderChoice, Timing};
 use ciak_engine::scheduler::SchedulerKind;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -63,8 +63,12 @@ pub struct BenchArgs {
     #[arg(long, requires = "parity")]
     pub tolerance: Option<f64>,
     /// Time only the transformer forward (warmup + reps): no sampling, no VAE decode.
-    #[arg(long, conflicts_with = "parity")]
+    #[arg(long, conflicts_with_all = ["parity", "decode_only"])]
     pub forward_only: bool,
+    /// Time only the VAE decode (warmup + reps) of seeded random latents of --size and --frames:
+    /// no text encoder, no transformer forward, no sampling.
+    #[arg(long, conflicts_with = "parity")]
+    pub decode_only: bool,
     /// Attention score elements materialised per block of query rows (default 2^26 = 67108864
     /// on the CPU, 2^28 on CUDA): larger blocks, fewer and larger matrix products, more memory.
     #[arg(long, value_name = "N")]
@@ -119,7 +123,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         reps: args.reps,
         seed: args.seed,
-        forward_only: args.forward_only,
+        only: match (args.forward_only, args.decode_only) {
+            (true, _) => Some(BenchOnly::Forward),
+            (_, true) => Some(BenchOnly::Decode),
+            _ => None,
+        },
         ..BenchSpec::new(BenchModel::parse(&args.model)?)
     };
     let report = bench::run(&spec, &mut |line| eprintln!("{line}"))?;
@@ -212,20 +220,24 @@ pub fn table(r: &BenchReport) -> String {
         ),
         None => row(&mut out, "text encoder", "skipped".into(), "random context".into()),
     }
-    let f = &st.transformer_forward;
-    row(
-        &mut out,
-        "transformer forward (batch 1)",
-        s(f.seconds),
-        format!(
+    let timed = |out: &mut String, stage: &str, t: &Timing| {
+        let note = format!(
             "median of {} (min {:.3}, max {:.3}), {}peak host {}",
-            f.runs.len(),
-            f.min_s,
-            f.max_s,
-            cpu(f.cpu_s),
-            gib(f.peak_host_rss_bytes)
-        ),
-    );
+            t.runs.len(),
+            t.min_s,
+            t.max_s,
+            cpu(t.cpu_s),
+            gib(t.peak_host_rss_bytes)
+        );
+        row(out, stage, s(t.seconds), note);
+    };
+    match &st.transformer_forward {
+        Some(f) => timed(&mut out, "transformer forward (batch 1)", f),
+        None => row(&mut out, "transformer forward", "skipped".into(), "--decode-only".into()),
+    }
+    if let Some(d) = &st.vae_decode_only {
+        timed(&mut out, "VAE decode", d);
+    }
     match (&st.sampling, &st.vae_decode, &st.total) {
         (Some(sm), Some(d), Some(t)) => {
             row(
@@ -237,7 +249,7 @@ pub fn table(r: &BenchReport) -> String {
             row(&mut out, "VAE decode", s(d.seconds), format!("{}peak host {}", cpu(d.cpu_s), gib(d.peak_host_rss_bytes)));
             row(&mut out, "total (text+sampling+decode)", s(t.seconds), cpu(t.cpu_s).trim_end_matches(", ").to_string());
         }
-        _ => row(&mut out, "sampling, VAE decode", "skipped".into(), "--forward-only".into()),
+        _ => row(&mut out, "sampling (and its VAE decode)", "skipped".into(), "--forward-only / --decode-only".into()),
     }
     row(&mut out, "peak memory (host RSS)", gib(r.peak_memory.host_rss_bytes), "whole run, build included".into());
     row(&mut out, "peak memory (device)", gib(r.peak_memory.device_bytes), r.peak_memory.note.clone());

@@ -155,6 +155,32 @@ fn forward_only_times_the_transformer_alone_with_any_attention_block() {
     }
 }
 
+#[test]
+fn decode_only_times_the_vae_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = fixtures().join("tiny-wan");
+    let args = [
+        "bench", "--model", tiny.to_str().unwrap(), "--size", "32x32", "--frames", "5", "--text-encoder", "skip",
+        "--decode-only", "--warmup", "0", "--reps", "3", "--json", "dec.json",
+    ];
+    let out = ciak(dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = read_json(&dir.path().join("dec.json"));
+    let st = &r["stages"];
+    let decode = &st["vae_decode_only"];
+    assert_eq!(decode["runs"].as_array().unwrap().len(), 3);
+    let median = seconds(&decode["seconds"], "decode");
+    assert!(seconds(&decode["min_s"], "min") <= median && median <= seconds(&decode["max_s"], "max"));
+    for skipped in ["transformer_forward", "sampling", "vae_decode", "total", "text_encoder"] {
+        assert!(st[skipped].is_null(), "{skipped}: {}", st[skipped]);
+    }
+    let table = text(&out.stdout);
+    assert!(table.contains("VAE decode") && table.contains("--decode-only"), "{table}");
+    // one stage alone: the two are exclusive
+    let both = ciak(dir.path(), &["bench", "--forward-only", "--decode-only"]);
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
+}
+
 fn parity(dir: &Path, extra: &[&str]) -> (Output, Value) {
     let fixtures = fixtures();
     let mut args = vec!["bench", "--parity", fixtures.to_str().unwrap(), "--json", "parity.json"];

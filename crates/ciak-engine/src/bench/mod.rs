@@ -115,9 +115,19 @@ pub struct BenchSpec {
     pub reps: usize,
     /// Seed of the random weights and of the noise.
     pub seed: u64,
-    /// Time the transformer forward only: no sampling, no VAE decode, no text-encoder timing (a
-    /// built text encoder still makes the context, untimed; `--text-encoder skip` builds none).
-    pub forward_only: bool,
+    /// Time one stage alone instead of the whole run.
+    pub only: Option<BenchOnly>,
+}
+
+/// One stage timed alone, `warmup` untimed then `reps` timed runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOnly {
+    /// The transformer forward: no sampling, no VAE decode, no text-encoder timing (a built text
+    /// encoder still makes the context, untimed; `--text-encoder skip` builds none).
+    Forward,
+    /// The VAE decode of seeded random latents of the request's size: no text encoder, no
+    /// transformer forward, no sampling.
+    Decode,
 }
 
 impl BenchSpec {
@@ -138,7 +148,7 @@ impl BenchSpec {
             warmup: 1,
             reps: 3,
             seed: 0,
-            forward_only: false,
+            only: None,
         }
     }
 
@@ -470,18 +480,30 @@ impl BenchPipeline {
     /// One transformer forward of batch 1 at timestep 500 (what diffusers' baseline times):
     /// `warmup` untimed runs, then `reps` timed ones.
     pub fn time_forward(&self, x: &Tensor, context: &Tensor, warmup: usize, reps: usize) -> Result<Timing> {
-        let device = &self.device;
-        let t = Tensor::new(&[500f32], device)?;
+        let t = Tensor::new(&[500f32], &self.device)?;
         let x = x.to_dtype(self.transformer.dtype())?;
+        self.repeat(warmup, reps, || Ok(drop(self.transformer.forward(&x, &t, context, None)?)))
+    }
+
+    /// The pipeline's VAE decode of `latents` ([1, C, F', h, w]): `warmup` untimed runs, then
+    /// `reps` timed ones.
+    pub fn time_decode(&self, latents: &Tensor, warmup: usize, reps: usize) -> Result<Timing> {
+        self.repeat(warmup, reps, || Ok(drop(decode_latents(&self.vae, latents, None)?)))
+    }
+
+    /// `warmup` untimed calls of `run`, then `reps` (at least 1) timed ones, each between device
+    /// synchronisations.
+    fn repeat(&self, warmup: usize, reps: usize, mut run: impl FnMut() -> Result<()>) -> Result<Timing> {
+        let device = &self.device;
         for _ in 0..warmup {
-            self.transformer.forward(&x, &t, context, None)?;
+            run()?;
         }
         let mut seconds = Vec::with_capacity(reps.max(1));
         let mut cpu = Some(0.0);
         let mut peak = None;
         for _ in 0..reps.max(1) {
             let clock = Clock::start(device)?;
-            self.transformer.forward(&x, &t, context, None)?;
+            run()?;
             let stage = clock.stop(device)?;
             seconds.push(stage.seconds);
             cpu = cpu.zip(stage.cpu_s).map(|(a, b)| a + b);
@@ -537,13 +559,15 @@ pub struct Sampling {
 pub struct Stages {
     /// `None` when the text encoder was skipped.
     pub text_encoder: Option<Stage>,
-    /// Batch 1, timestep 500, the conditional context.
-    pub transformer_forward: Timing,
-    /// `None` for a forward-only run (as are `vae_decode` and `total`).
+    /// Batch 1, timestep 500, the conditional context. `None` in a decode-only run.
+    pub transformer_forward: Option<Timing>,
+    /// `None` in a forward-only or decode-only run (as are `vae_decode` and `total`).
     pub sampling: Option<Sampling>,
     pub vae_decode: Option<Stage>,
     /// Text encoder + sampling + VAE decode: one clip without loading.
     pub total: Option<Stage>,
+    /// A decode-only run's decodes of seeded random latents (warmup, then reps timed).
+    pub vae_decode_only: Option<Timing>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -611,16 +635,30 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let shape = geometry.latent_shape(&req);
     let latents = noise::gaussian(spec.seed, shape, device)?;
 
-    log("timing one transformer forward (batch 1)");
-    let context = pipe.context(std::slice::from_ref(&req.prompt), spec.seed)?;
-    let forward = pipe.time_forward(&latents, &context, spec.warmup, spec.reps)?;
-    log(&format!("transformer forward: {:.3} s (median of {})", forward.seconds, forward.runs.len()));
-
-    let sampled = if spec.forward_only {
-        None
+    let stages = if spec.only == Some(BenchOnly::Decode) {
+        log("timing the VAE decode");
+        let decode = pipe.time_decode(&latents, spec.warmup, spec.reps)?;
+        log(&format!("VAE decode: {:.3} s (median of {})", decode.seconds, decode.runs.len()));
+        Stages { text_encoder: None, transformer_forward: None, sampling: None, vae_decode: None, total: None, vae_decode_only: Some(decode) }
     } else {
-        log(&format!("sampling {} steps{}", req.steps, if req.guidance > 1.0 { " with CFG" } else { "" }));
-        Some(pipe.generate_from_latents(&req, latents, &mut |i, n, s| log(&format!("step {i}/{n}: {s:.3} s")))?)
+        log("timing one transformer forward (batch 1)");
+        let context = pipe.context(std::slice::from_ref(&req.prompt), spec.seed)?;
+        let forward = pipe.time_forward(&latents, &context, spec.warmup, spec.reps)?;
+        log(&format!("transformer forward: {:.3} s (median of {})", forward.seconds, forward.runs.len()));
+        if spec.only == Some(BenchOnly::Forward) {
+            Stages {
+                text_encoder: None,
+                transformer_forward: Some(forward),
+                sampling: None,
+                vae_decode: None,
+                total: None,
+                vae_decode_only: None,
+            }
+        } else {
+            log(&format!("sampling {} steps{}", req.steps, if req.guidance > 1.0 { " with CFG" } else { "" }));
+            let sampled = pipe.generate_from_latents(&req, latents, &mut |i, n, s| log(&format!("step {i}/{n}: {s:.3} s")))?;
+            sampled_stages(sampled, forward, if req.guidance > 1.0 { 2 } else { 1 })
+        }
     };
     let host_peak = memory::peak_rss_bytes();
     let scheduler = req.scheduler.unwrap_or_else(|| pipe.scheduler.kind()).to_string();
@@ -657,10 +695,7 @@ pub fn run(spec: &BenchSpec, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
         tokens,
         attention_score_budget: ciak_models::wan::attention::score_budget(device),
         build,
-        stages: match sampled {
-            Some(sampled) => sampled_stages(sampled, forward, if req.guidance > 1.0 { 2 } else { 1 }),
-            None => Stages { text_encoder: None, transformer_forward: forward, sampling: None, vae_decode: None, total: None },
-        },
+        stages,
         peak_memory,
         wall_s: wall.elapsed().as_secs_f64(),
     })
@@ -679,7 +714,7 @@ fn sampled_stages(sampled: Sampled, forward: Timing, batch: usize) -> Stages {
     };
     Stages {
         text_encoder: sampled.text,
-        transformer_forward: forward,
+        transformer_forward: Some(forward),
         sampling: Some(Sampling {
             seconds: sampled.sampling.seconds,
             per_step_s: sorted[sorted.len() / 2],
@@ -690,6 +725,7 @@ fn sampled_stages(sampled: Sampled, forward: Timing, batch: usize) -> Stages {
         }),
         vae_decode: Some(sampled.decode),
         total: Some(Stage { seconds: total_s, cpu_s: total_cpu, peak_host_rss_bytes: stage_peaks.into_iter().flatten().max() }),
+        vae_decode_only: None,
     }
 }
 
