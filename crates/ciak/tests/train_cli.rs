@@ -254,22 +254,27 @@ fn bad_input_is_one_clear_line() {
     }
 
     // every committed DiT setting parses; the run then stops at the missing latent cache
-    for name in [
-        "dit.json",
-        "dit-stage2.json",
-        "dit-p4.json",
-        "dit-x4.json",
-        "dit-x4-gpu.json",
-        "dit-x4-gpu-resume.json",
-        "dit-x4t.json",
-        "dit-x4ti.json",
-        "dit-x4t-gpu.json",
-        "dit-x4t-gpu-resume.json",
-    ] {
-        let committed = repo_root().join("train").join(name);
-        let c = committed.to_str().unwrap();
+    let committed = |prefix: &str| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("train"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .collect();
+        files.sort();
+        files
+    };
+    let dits = committed("dit");
+    assert!(dits.len() >= 12, "{dits:?}");
+    for path in &dits {
+        let c = path.to_str().unwrap();
         fails(ciak(&d, &["train", "dit", "--config", c, "--latents", "nowhere", "--vae", "y", "--out", "b"]), "expected a latent cache");
-        assert!(d.join("b/tokenizer.json").is_file(), "{name}");
+        assert!(d.join("b/tokenizer.json").is_file(), "{c}");
+    }
+    // and every committed world file (`train latents --world`), through the preview that takes it
+    let worlds = committed("world");
+    assert!(worlds.len() >= 2, "{worlds:?}");
+    for path in &worlds {
+        ok(ciak(&d, &["train", "preview", "--count", "1", "--world", path.to_str().unwrap(), "--out", "world-preview"]));
     }
 
     // a fresh run into a folder holding a checkpoint, and resuming a cache that is not there
