@@ -23,7 +23,7 @@
 //! then 16 clips per caption are sampled from pure noise (Euler, 20 steps, guidance 1 and 5).
 //! Per sample, a latent pixel counts as object when it is nearer the object's vector than the
 //! background's; the report gives the mean count of object pixels (a placed object has 64), the
-//! mean fill of the best 8x8 window (1 = a whole square object) and, for `middle`, after `@`, how
+//! mean fill of the best object-sized window (1 = a whole square object) and, for `middle`, after `@`, how
 //! far that window lies from the middle (tokens, rows plus columns; 0 = where the caption puts it).
 //!
 //! Settings to try, from the environment: PROBE_FOREGROUND (the trainer's `foreground_weight` on
@@ -32,12 +32,13 @@
 //! PROBE_TERMINAL (`colours`: the share of training samples at exactly sigma 1, default 0.1),
 //! PROBE_OBJECT_COLOURS (`colours`: only the first n colours as objects, default all 10; at 1
 //! every object is red and only the background needs reading),
-//! PROBE_TOP / PROBE_LEFT (`colours`: the object's place in latent pixels, default 12 / 24, the
-//! middle; 12 / 0 touches the left edge), PROBE_BACKGROUND_COLOURS (`colours`: only the first n
+//! PROBE_TOP / PROBE_LEFT (`colours`: the object's place in latent pixels, default the middle,
+//! 12 / 24 for the default side; 12 / 0 touches the left edge), PROBE_BACKGROUND_COLOURS (`colours`: only the first n
 //! colours as backgrounds, default all 10), PROBE_OBJECT_SCALE (`colours`: the object's vector is
 //! its colour's times this, default 1; `middle` and `free` draw theirs at 1.5), PROBE_CAPTIONS
 //! (`middle`/`free`: this many captions, each with its own vectors, default 2), PROBE_SAME_OBJECT
-//! (`middle`/`free`: 1 gives every caption the first caption's object vector).
+//! (`middle`/`free`: 1 gives every caption the first caption's object vector), PROBE_OBJECT_SIDE
+//! (the object square's side in latent pixels, default 8 = 2x2 tokens; the fill window follows).
 //!
 //! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
 //! the object in the middle: can the model bind each colour word to its role? The report gives
@@ -62,10 +63,16 @@ const PLACES: [(&str, usize, usize); 4] = [
     ("a yellow ball in the middle", 12, 24),
 ];
 
-/// An 8x8 square at (top, left) as a [1, 1, H, W] mask.
+/// The object's side in latent pixels: PROBE_OBJECT_SIDE, default 8 (2x2 tokens).
+fn side() -> usize {
+    knob("PROBE_OBJECT_SIDE", 8.0) as usize
+}
+
+/// A square of `side()` at (top, left) as a [1, 1, H, W] mask.
 fn square(top: usize, left: usize, device: &Device) -> Result<Tensor> {
+    let s = side();
     let mask: Vec<f32> =
-        (0..H * W).map(|i| (i / W >= top && i / W < top + 8 && i % W >= left && i % W < left + 8) as u8 as f32).collect();
+        (0..H * W).map(|i| (i / W >= top && i / W < top + s && i % W >= left && i % W < left + s) as u8 as f32).collect();
     Ok(Tensor::from_vec(mask, (1, 1, H, W), device)?)
 }
 
@@ -121,8 +128,8 @@ impl Placed {
         if self.places.is_some() {
             return Ok(self.patterns[k].clone());
         }
-        let top = (self.rng.next_u64() % (H as u64 - 7)) as usize;
-        let left = (self.rng.next_u64() % (W as u64 - 7)) as usize;
+        let top = (self.rng.next_u64() % (H - side() + 1) as u64) as usize;
+        let left = (self.rng.next_u64() % (W - side() + 1) as u64) as usize;
         compose(&self.backgrounds[k], &self.objects[k], &square(top, left, &self.device)?)
     }
 }
@@ -259,25 +266,26 @@ fn sample(trainer: &DitTrainer, caption: &str, draws: usize, steps: usize, guida
     Ok(x)
 }
 
-/// Mean object-pixel count, best 8x8 window fill, and the best window's mean distance from the
+/// Mean object-pixel count, best window fill (a window of the object's side), and the best window's mean distance from the
 /// caption's place in tokens (when the caption has one) of samples of caption `k`.
 fn object_stats(source: &Placed, k: usize, samples: &Tensor) -> Result<(f64, f64, Option<f64>)> {
     let d_obj = samples.broadcast_sub(&source.objects[k].unsqueeze(0)?)?.sqr()?.sum_keepdim(1)?;
     let d_bg = samples.broadcast_sub(&source.backgrounds[k].unsqueeze(0)?)?.sqr()?.sum_keepdim(1)?;
     let is_obj: Vec<Vec<f32>> = d_obj.lt(&d_bg)?.to_dtype(candle_core::DType::F32)?.flatten_from(1)?.to_vec2()?;
     let (mut count, mut fill, mut off) = (0.0, 0.0, 0.0);
+    let s = side();
     for m in &is_obj {
         count += m.iter().sum::<f32>() as f64;
         let mut best = (0f32, 0, 0);
-        for top in 0..=H - 8 {
-            for left in 0..=W - 8 {
-                let n: f32 = (top..top + 8).map(|r| m[r * W + left..r * W + left + 8].iter().sum::<f32>()).sum();
+        for top in 0..=H - s {
+            for left in 0..=W - s {
+                let n: f32 = (top..top + s).map(|r| m[r * W + left..r * W + left + s].iter().sum::<f32>()).sum();
                 if n > best.0 {
                     best = (n, top, left);
                 }
             }
         }
-        fill += best.0 as f64 / 64.0;
+        fill += best.0 as f64 / (s * s) as f64;
         if let Some(places) = &source.places {
             let (top, left) = places[k];
             off += (best.1.abs_diff(top) + best.2.abs_diff(left)) as f64 / 4.0;
@@ -331,7 +339,7 @@ fn colours_run(steps: u64, heads: usize, layers: usize, tokenizer: std::path::Pa
     let backgrounds = pairs.iter().map(|&(_, b)| palette[b].clone()).collect();
     let scale = knob("PROBE_OBJECT_SCALE", 1.0);
     let objects = pairs.iter().map(|&(a, _)| palette[a].clone() * scale).collect::<candle_core::Result<_>>()?;
-    let place = (knob("PROBE_TOP", 12.0) as usize, knob("PROBE_LEFT", 24.0) as usize);
+    let place = (knob("PROBE_TOP", ((H - side()) / 2) as f64) as usize, knob("PROBE_LEFT", ((W - side()) / 2) as f64) as usize);
     let places = Some(vec![place; captions.len()]);
     let mut source = Placed::with_vectors(captions.clone(), places, backgrounds, objects, rng, &device)?;
     print_contrast(&source)?;
@@ -389,7 +397,7 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
         captions.push(format!("a {} ball on a {} background", COLOURS[i % 10], COLOURS[(i + 5) % 10]));
     }
     let places = match mode {
-        "middle" => Some(vec![(12, 24); captions.len()]),
+        "middle" => Some(vec![((H - side()) / 2, (W - side()) / 2); captions.len()]),
         "free" => None,
         other => {
             return Err(TrainError::Data(format!(
@@ -408,7 +416,7 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
     }
     print_contrast(&source)?;
     let mut trainer = DitTrainer::new(&config(tokenizer, steps, heads, layers, 0.1), &device)?;
-    println!("{mode}: width {} layers {layers}; per caption, object pixels (64 = one object) / best 8x8 window fill", heads * 64);
+    println!("{mode}: width {} layers {layers}; per caption, object pixels ({} = one object) / best window fill", heads * 64, side() * side());
     println!("step  loss      guidance 1                  guidance 5");
     train_reporting(&mut trainer, &mut source, steps, 5, |trainer, source, step, mean| {
         let mut cols = String::new();

@@ -221,6 +221,7 @@ fn camera_moves_shift_the_whole_picture() {
             amount: 0.0,
         }],
         camera: Some(ciak_train::world::CameraMove { kind: CameraKind::PanLeft, amount: 0.3 }),
+        object_scale: 1.0,
     };
     base.validate().unwrap();
     // Panning left slides the still ball right on screen by the pan distance.
@@ -250,6 +251,7 @@ fn validate_rejects_unreadable_scenes() {
             amount: 0.5,
         }],
         camera: None,
+        object_scale: 1.0,
     };
     assert_eq!(good.validate(), Ok(()));
     let with = |f: &dyn Fn(&mut Scene)| {
@@ -405,6 +407,8 @@ fn sampler_config_validate_names_the_bad_field() {
     bad(SamplerConfig { amount_spread: 1.5, ..Default::default() }, "amount_spread");
     bad(SamplerConfig { frames: 1, ..Default::default() }, "frames");
     bad(SamplerConfig { placement_anchors: [[0.0, -0.1], [0.5; 2], [0.5; 2]], ..Default::default() }, "placement_anchors");
+    bad(SamplerConfig { object_scale: 0.0, ..Default::default() }, "object_scale");
+    bad(SamplerConfig { object_scale: f32::NAN, ..Default::default() }, "object_scale");
     assert_eq!(SamplerConfig::default().validate(), Ok(()));
 }
 
@@ -452,4 +456,66 @@ fn placement_anchors_put_each_track_against_its_edge() {
     assert!(err.contains("placement_anchors") && err.contains("1.5"), "{err}");
     let err = SamplerConfig::from_json(&serde_json::json!({"placement_anchors": [[0, 0.5]]})).unwrap_err();
     assert!(err.starts_with("`placement_anchors`: "), "{err}");
+}
+
+#[test]
+fn object_scale_draws_every_size_larger_and_keeps_it_in_frame() {
+    // one hand-written scene at two scales: every half extent scales, the centre does not
+    let mut scene = Scene {
+        aspect: Aspect::Wide,
+        frames: 25,
+        fps: 12,
+        background: Background::Plain { color: Color::Blue },
+        objects: vec![Object {
+            shape: Shape::Square,
+            color: Color::Red,
+            size: Size::Small,
+            start: [0.5, 0.5],
+            motion: Motion::Grow,
+            amount: 1.5,
+        }],
+        camera: None,
+        object_scale: 1.0,
+    };
+    let at_one: Vec<_> = (0..25).map(|f| scene.object_state(0, f)).collect();
+    scene.object_scale = 1.6;
+    scene.validate().unwrap();
+    for (f, one) in at_one.iter().enumerate() {
+        let big = scene.object_state(0, f);
+        assert!((big.half_extent / one.half_extent - 1.6).abs() < 1e-5 && big.center == one.center, "frame {f}");
+    }
+    // the scale travels in the scene's JSON, and scenes at 1 leave it out (the eval prompt files)
+    let json = serde_json::to_value(&scene).unwrap();
+    assert_eq!(json["object_scale"], 1.6f32 as f64);
+    assert_eq!(serde_json::from_value::<Scene>(json).unwrap(), scene);
+    scene.object_scale = 1.0;
+    let json = serde_json::to_value(&scene).unwrap();
+    assert!(json.get("object_scale").is_none(), "{json}");
+    assert_eq!(serde_json::from_value::<Scene>(json).unwrap(), scene);
+
+    // a scaled world: its scenes carry the scale, validate, keep every object inside the frame,
+    // and draw objects that cover more of the frame than the same world at 1 (less than 1.6^2
+    // more: a large object that cannot make its move is redrawn, more often at 1.6)
+    let area = |scale: f32| {
+        let cfg = SamplerConfig::from_json(&serde_json::json!({"object_scale": scale, "object_count_weights": [1, 0, 0]})).unwrap();
+        let mut rng = Rng::new(5);
+        let mut covered = 0.0;
+        for _ in 0..60 {
+            let s = sample_scene(&mut rng, &cfg, Split::Train);
+            assert_eq!((s.validate(), s.object_scale), (Ok(()), scale));
+            let (w, h) = (s.width() as f32, s.height() as f32);
+            for f in 0..s.frames {
+                let st = s.object_state(0, f);
+                let inside = st.center[0] - st.bound >= -0.5 && st.center[0] + st.bound <= w + 0.5;
+                assert!(inside && st.center[1] - st.bound >= -0.5 && st.center[1] + st.bound <= h + 0.5, "{s:?}");
+            }
+            let st = s.object_state(0, 0);
+            covered += (st.half_extent * 2.0).powi(2) / (w * h);
+        }
+        covered / 60.0
+    };
+    let (one, big) = (area(1.0), area(1.6));
+    assert!(big > 1.4 * one, "mean object share of the frame {big} at 1.6 against {one} at 1");
+    let err = SamplerConfig::from_json(&serde_json::json!({"object_scale": 4})).unwrap_err();
+    assert!(err.contains("object_scale") && err.contains('4'), "{err}");
 }

@@ -129,6 +129,7 @@ mod tests {
                 amount: 0.5,
             }],
             camera: None,
+            object_scale: 1.0,
         }
     }
 

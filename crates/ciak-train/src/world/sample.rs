@@ -46,6 +46,13 @@ pub struct SamplerConfig {
     /// learns the middle (`examples/position_probe`), so a layout the caption pins down is learnt
     /// much sooner against an edge.
     pub placement_anchors: [[f32; 2]; 3],
+    /// Every object drawn this many times its size's [`Size::fraction`] (1: as defined; the three
+    /// sizes keep their ratios). A DiT with 16-pixel tokens (4x VAE, 1x4x4 patches) learns to draw
+    /// a caption's object against an edge once it spans about four tokens, and not at all at one
+    /// or two (`examples/position_probe`, `PROBE_OBJECT_SIDE`); a small object is 1.4 tokens
+    /// across at 1. Large objects that cannot make a move in a frame's short side are redrawn
+    /// as another size or motion, as at 1.
+    pub object_scale: f32,
 }
 
 impl Default for SamplerConfig {
@@ -60,6 +67,7 @@ impl Default for SamplerConfig {
             placement_spread: 1.0,
             amount_spread: 1.0,
             placement_anchors: [[0.5; 2]; 3],
+            object_scale: 1.0,
         }
     }
 }
@@ -84,7 +92,8 @@ impl SamplerConfig {
     }
 
     /// Checks that scenes can be drawn: at least one aspect, weights that are finite, not
-    /// negative and not all zero, a probability, spreads and anchors in [0, 1], at least 2 frames.
+    /// negative and not all zero, a probability, spreads and anchors in [0, 1], an object scale
+    /// in [0.25, 3], at least 2 frames.
     pub fn validate(&self) -> Result<(), String> {
         if self.aspects.is_empty() {
             return Err("expected at least one aspect in `aspects`, got none".into());
@@ -109,6 +118,9 @@ impl SamplerConfig {
         }
         if let Some(bad) = self.placement_anchors.iter().flatten().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("expected `placement_anchors` in [0, 1], got {bad} in {:?}", self.placement_anchors));
+        }
+        if !(self.object_scale >= 0.25 && self.object_scale <= 3.0) {
+            return Err(format!("expected `object_scale` in [0.25, 3], got {}", self.object_scale));
         }
         if self.frames < 2 || self.fps == 0 {
             return Err(format!("expected at least 2 `frames` and a positive `fps`, got {} and {}", self.frames, self.fps));
@@ -136,7 +148,15 @@ pub fn sample_scene(rng: &mut Rng, cfg: &SamplerConfig, split: Split) -> Scene {
             Background::Checkerboard { .. } if rng.chance(cfg.camera_probability) => Some(sample_camera(rng)),
             _ => None,
         };
-        let mut scene = Scene { aspect, frames: cfg.frames.max(2), fps: cfg.fps, background, objects: Vec::new(), camera };
+        let mut scene = Scene {
+            aspect,
+            frames: cfg.frames.max(2),
+            fps: cfg.fps,
+            background,
+            objects: Vec::new(),
+            camera,
+            object_scale: cfg.object_scale,
+        };
         for k in 0..n {
             let forced = (split == Split::Eval && k == 0).then(|| rng.pick(&HELD_OUT_COMBOS));
             if !place_object(rng, &mut scene, split, forced, cfg) {
@@ -259,7 +279,7 @@ fn place_object(
 /// not fit (a large shape moving along a short side).
 fn sample_amount(rng: &mut Rng, scene: &Scene, shape: Shape, size: Size, motion: Motion, spread: f32) -> Option<f32> {
     let (w, h) = (scene.width() as f32, scene.height() as f32);
-    let bound = size.fraction() * scene.short_side() * shape.bound_factor() + MARGIN_PX;
+    let bound = scene.half_extent(size) * shape.bound_factor() + MARGIN_PX;
     // Largest travel along each axis that keeps the shape inside, as a fraction of that axis.
     let room_x = 1.0 - 2.0 * bound / w;
     let room_y = 1.0 - 2.0 * bound / h;

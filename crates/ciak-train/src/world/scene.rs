@@ -281,6 +281,19 @@ pub struct Scene {
     pub objects: Vec<Object>,
     #[serde(default)]
     pub camera: Option<CameraMove>,
+    /// Every object's size times this (1: the sizes of [`Size::fraction`]). A world for a small
+    /// model can draw all three sizes larger, keeping them apart (see `SamplerConfig`); scenes
+    /// written before it existed, and those at 1, leave it out of their JSON.
+    #[serde(default = "default_object_scale", skip_serializing_if = "is_default_object_scale")]
+    pub object_scale: f32,
+}
+
+fn default_object_scale() -> f32 {
+    1.0
+}
+
+fn is_default_object_scale(scale: &f32) -> bool {
+    *scale == 1.0
 }
 
 pub const DEFAULT_FRAMES: usize = 25;
@@ -298,5 +311,10 @@ impl Scene {
     /// The frame's shorter side in pixels (object sizes scale with it).
     pub fn short_side(&self) -> f32 {
         self.width().min(self.height()) as f32
+    }
+
+    /// Half extent in pixels of an object of `size` before any growth or zoom.
+    pub fn half_extent(&self, size: Size) -> f32 {
+        size.fraction() * self.object_scale * self.short_side()
     }
 }

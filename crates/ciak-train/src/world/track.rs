@@ -95,7 +95,7 @@ impl Scene {
         }
         let view = self.view(frame);
         let (cx, cy) = (w / 2.0, h / 2.0);
-        let half = o.size.fraction() * self.short_side() * scale * view.zoom;
+        let half = self.half_extent(o.size) * scale * view.zoom;
         ObjectState {
             center: [cx + (x * w - view.offset_x - cx) * view.zoom, cy + (y * h - cy) * view.zoom],
             half_extent: half,
