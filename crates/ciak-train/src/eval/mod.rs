@@ -14,7 +14,7 @@ pub mod report;
 pub mod score;
 
 pub use analyze::{analyze, Analysis, BackgroundKind, Flicker};
-pub use prompts::{build_eval_set, EvalPrompt, EvalSet, Expected};
+pub use prompts::{build_eval_set, build_eval_set_in, EvalPrompt, EvalSet, Expected};
 pub use score::{score, summarize, PromptScore, Summary};
 
 use crate::world::{render, Clip};

@@ -124,6 +124,15 @@ impl EvalSet {
 /// `k % 4` and aspect `k % 3` (two-object prompts likewise), each the first dataset item of
 /// `Split::Eval` from `seed` that fits and is not a duplicate caption.
 pub fn build_eval_set(seed: u64, singles: usize, pairs: usize) -> EvalSet {
+    build_eval_set_in(seed, singles, pairs, &SamplerConfig::default())
+}
+
+/// [`build_eval_set`] drawn from `world`'s scenes (its placement, strengths and object scale;
+/// aspect, object count, background kind and camera are set per prompt as there): held-out
+/// prompts of the same kinds for a narrowed or rescaled world, so `ciak eval --reference
+/// --prompts` measures the analyzer on the clips such a world renders
+/// (`examples/world_eval_set`).
+pub fn build_eval_set_in(seed: u64, singles: usize, pairs: usize, world: &SamplerConfig) -> EvalSet {
     let mut prompts = Vec::with_capacity(singles + pairs);
     let mut seen = BTreeSet::new();
     let mut item = 0u64;
@@ -137,7 +146,7 @@ pub fn build_eval_set(seed: u64, singles: usize, pairs: usize) -> EvalSet {
                 camera_probability: 0.0,
                 object_count_weights: [0.0; 3],
                 background_weights: [0.0; 4],
-                ..SamplerConfig::default()
+                ..world.clone()
             };
             cfg.object_count_weights[count - 1] = 1.0;
             cfg.background_weights[BackgroundKind::ALL.iter().position(|&b| b == kind).expect("kind listed")] = 1.0;
