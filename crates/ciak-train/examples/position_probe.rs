@@ -38,7 +38,8 @@
 //! its colour's times this, default 1; `middle` and `free` draw theirs at 1.5), PROBE_CAPTIONS
 //! (`middle`/`free`: this many captions, each with its own vectors, default 2), PROBE_SAME_OBJECT
 //! (`middle`/`free`: 1 gives every caption the first caption's object vector), PROBE_OBJECT_SIDE
-//! (the object square's side in latent pixels, default 8 = 2x2 tokens; the fill window follows).
+//! (the object square's side in latent pixels, default 8 = 2x2 tokens; the fill window follows),
+//! PROBE_BATCH and PROBE_LR (default 8 and 1e-3; the built-in DiT configs train at 4 and 4e-4).
 //!
 //! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
 //! the object in the middle: can the model bind each colour word to its role? The report gives
@@ -188,9 +189,9 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
         },
         tokenizer,
         text_len: 16,
-        batch_size: 8,
+        batch_size: knob("PROBE_BATCH", 8.0) as usize,
         steps,
-        lr: 1e-3,
+        lr: knob("PROBE_LR", 1e-3),
         warmup_steps: 50,
         min_lr_ratio: 0.1,
         adamw: AdamWConfig::default(),

@@ -47,11 +47,11 @@ pub struct SamplerConfig {
     /// much sooner against an edge.
     pub placement_anchors: [[f32; 2]; 3],
     /// Every object drawn this many times its size's [`Size::fraction`] (1: as defined; the three
-    /// sizes keep their ratios). A DiT with 16-pixel tokens (4x VAE, 1x4x4 patches) learns to draw
-    /// a caption's object against an edge once it spans about four tokens, and not at all at one
-    /// or two (`examples/position_probe`, `PROBE_OBJECT_SIDE`); a small object is 1.4 tokens
-    /// across at 1. Large objects that cannot make a move in a frame's short side are redrawn
-    /// as another size or motion, as at 1.
+    /// sizes keep their ratios). With 16-pixel tokens (4x VAE, 1x4x4 patches) a small object is
+    /// 1.4 tokens across at 1 and 2.3 at 1.6: a world for a small DiT can make its objects a
+    /// larger share of the loss and of each token (docs/training.md, "larger objects"). Large
+    /// objects that cannot make a move in a frame's short side are redrawn as another size or
+    /// motion, as at 1.
     pub object_scale: f32,
 }
 
