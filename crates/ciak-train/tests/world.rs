@@ -516,6 +516,13 @@ fn object_scale_draws_every_size_larger_and_keeps_it_in_frame() {
     };
     let (one, big) = (area(1.0), area(1.6));
     assert!(big > 1.4 * one, "mean object share of the frame {big} at 1.6 against {one} at 1");
+    // a hand-written scene (an eval prompt file) with a scale the world cannot draw is refused
+    let mut bad = scene.clone();
+    for scale in [0.0, -1.0, f32::NAN, 5.0] {
+        bad.object_scale = scale;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("object_scale"), "{err}");
+    }
     let err = SamplerConfig::from_json(&serde_json::json!({"object_scale": 4})).unwrap_err();
     assert!(err.contains("object_scale") && err.contains('4'), "{err}");
 }

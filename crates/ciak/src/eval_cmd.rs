@@ -109,7 +109,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let set = match &args.prompts {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            EvalSet::from_json(&text).with_context(|| format!("{} is not a prompt set like eval/prompts.json", path.display()))?
+            let set = EvalSet::from_json(&text)
+                .with_context(|| format!("{} is not a prompt set like eval/prompts.json", path.display()))?;
+            for p in &set.prompts {
+                p.scene.validate().map_err(|e| anyhow::anyhow!("{}: prompt {}'s scene: {e}", path.display(), p.id))?;
+            }
+            set
         }
         None => EvalSet::builtin(),
     };

@@ -153,7 +153,13 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
     // ground truth meets the bar, so --check passes on it
     ok(ciak(dir.path(), &cache, &["eval", "--reference", "--limit", "6", "--check", "--out", "ref"]));
 
+    // a prompt file whose scene the world cannot draw is refused before anything is scored
+    let set = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../eval/prompts-single-plain.json")).unwrap();
+    let bad = set.replacen("\"camera\": null", "\"camera\": null, \"object_scale\": 0", 1);
+    assert_ne!(bad, set);
+    std::fs::write(dir.path().join("bad-scale.json"), bad).unwrap();
     for (args, want) in [
+        (vec!["eval", "--reference", "--prompts", "bad-scale.json", "--out", "bad"], "prompt s00's scene: expected `object_scale` in [0.25, 3], got 0"),
         (vec!["eval", "--limit", "0"], "expected --limit of at least 1, got 0"),
         (vec!["eval", "--steps", "0"], "expected --steps of at least 1, got 0"),
         (vec!["eval", "--guidance=-1"], "expected --guidance >= 0, got -1"),
@@ -166,4 +172,5 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
         assert!(err.contains(want), "{args:?}: got `{err}`, wanted `{want}`");
         assert!(!err.contains("panicked"), "{err}");
     }
+    assert!(!dir.path().join("bad").exists(), "a refused prompt file writes nothing");
 }

@@ -44,6 +44,8 @@ pub enum SceneError {
     SpinningCircle(usize),
     #[error("{0}")]
     Amount(String),
+    #[error("expected `object_scale` in [0.25, 3], got {0}")]
+    ObjectScale(f32),
 }
 
 impl Scene {
@@ -112,6 +114,9 @@ impl Scene {
         }
         if self.frames < 2 {
             return Err(SceneError::FrameCount(self.frames));
+        }
+        if !(0.25..=3.0).contains(&self.object_scale) {
+            return Err(SceneError::ObjectScale(self.object_scale));
         }
         let samples = self.background.contrast_samples();
         for (i, o) in self.objects.iter().enumerate() {
