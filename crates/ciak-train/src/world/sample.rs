@@ -4,7 +4,8 @@ use super::color::Color;
 use super::scene::{
     Aspect, Background, CameraKind, CameraMove, Motion, Object, Scene, Shape, Size, DEFAULT_FPS, DEFAULT_FRAMES,
 };
-use super::track::MARGIN_PX;
+use super::scene::OBJECT_SCALE;
+use super::track::{SceneError, MARGIN_PX};
 use crate::rng::Rng;
 use crate::split::{is_held_out, is_held_out_combo, Split, HELD_OUT_COMBOS};
 use serde::{Deserialize, Serialize};
@@ -119,8 +120,8 @@ impl SamplerConfig {
         if let Some(bad) = self.placement_anchors.iter().flatten().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("expected `placement_anchors` in [0, 1], got {bad} in {:?}", self.placement_anchors));
         }
-        if !(self.object_scale >= 0.25 && self.object_scale <= 3.0) {
-            return Err(format!("expected `object_scale` in [0.25, 3], got {}", self.object_scale));
+        if !OBJECT_SCALE.contains(&self.object_scale) {
+            return Err(SceneError::ObjectScale(self.object_scale).to_string());
         }
         if self.frames < 2 || self.fps == 0 {
             return Err(format!("expected at least 2 `frames` and a positive `fps`, got {} and {}", self.frames, self.fps));

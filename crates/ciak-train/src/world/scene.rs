@@ -288,6 +288,9 @@ pub struct Scene {
     pub object_scale: f32,
 }
 
+/// The object scales a scene may have (`Scene::object_scale`, `SamplerConfig::object_scale`).
+pub const OBJECT_SCALE: std::ops::RangeInclusive<f32> = 0.25..=3.0;
+
 fn default_object_scale() -> f32 {
     1.0
 }

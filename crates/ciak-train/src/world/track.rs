@@ -115,7 +115,7 @@ impl Scene {
         if self.frames < 2 {
             return Err(SceneError::FrameCount(self.frames));
         }
-        if !(0.25..=3.0).contains(&self.object_scale) {
+        if !super::scene::OBJECT_SCALE.contains(&self.object_scale) {
             return Err(SceneError::ObjectScale(self.object_scale));
         }
         let samples = self.background.contrast_samples();
