@@ -3,8 +3,8 @@
 use super::color::Color;
 use super::scene::{
     Aspect, Background, CameraKind, CameraMove, Motion, Object, Scene, Shape, Size, DEFAULT_FPS, DEFAULT_FRAMES,
+    OBJECT_SCALE,
 };
-use super::scene::OBJECT_SCALE;
 use super::track::{SceneError, MARGIN_PX};
 use crate::rng::Rng;
 use crate::split::{is_held_out, is_held_out_combo, Split, HELD_OUT_COMBOS};

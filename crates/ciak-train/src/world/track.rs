@@ -1,7 +1,7 @@
 //! Where everything is at each frame (screen pixels), and the checks that keep a scene readable:
 //! objects inside the frame, apart from each other, and in contrast with the background.
 use super::color::{delta_e, MIN_CONTRAST};
-use super::scene::{CameraKind, Motion, Scene};
+use super::scene::{CameraKind, Motion, Scene, OBJECT_SCALE};
 use thiserror::Error;
 
 /// Gap in pixels an object's bounding circle keeps from the frame edges and from other objects.
@@ -44,7 +44,7 @@ pub enum SceneError {
     SpinningCircle(usize),
     #[error("{0}")]
     Amount(String),
-    #[error("expected `object_scale` in [0.25, 3], got {0}")]
+    #[error("expected `object_scale` in [{lo}, {hi}], got {0}", lo = OBJECT_SCALE.start(), hi = OBJECT_SCALE.end())]
     ObjectScale(f32),
 }
 
@@ -115,7 +115,7 @@ impl Scene {
         if self.frames < 2 {
             return Err(SceneError::FrameCount(self.frames));
         }
-        if !super::scene::OBJECT_SCALE.contains(&self.object_scale) {
+        if !OBJECT_SCALE.contains(&self.object_scale) {
             return Err(SceneError::ObjectScale(self.object_scale));
         }
         let samples = self.background.contrast_samples();
