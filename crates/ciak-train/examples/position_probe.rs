@@ -264,7 +264,8 @@ fn sample(trainer: &DitTrainer, caption: &str, draws: usize, steps: usize, guida
             let vu = trainer.models.transformer.forward(&x, &t, &uncond, None)?;
             (&vu + ((vc - &vu)? * guidance)?)?
         };
-        x = (x + (v * (sigma(i + 1) - sigma(i)))?)?;
+        // the weights are training variables: without the detach, x would hold every step's graph
+        x = (x + (v * (sigma(i + 1) - sigma(i)))?)?.detach();
     }
     Ok(x)
 }
@@ -394,6 +395,9 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
     if mode == "colours" {
         return colours_run(steps, heads, layers, tokenizer);
     }
+    if let Some(dir) = mode.strip_prefix("cache=") {
+        return cache_run(std::path::Path::new(dir), steps, heads, layers, tokenizer);
+    }
     let mut captions: Vec<String> = vec!["a red ball on a blue background".into(), "a green star on a yellow background".into()];
     // PROBE_CAPTIONS: more captions, each with its own random vectors (colour i on colour i + 5)
     for i in 2..knob("PROBE_CAPTIONS", 2.0) as usize {
@@ -439,14 +443,112 @@ fn sampling_run(mode: &str, steps: u64, heads: usize, layers: usize, tokenizer: 
     })
 }
 
+/// The first latent frames of a latent cache's 16:9 clips, each with one fixed caption (its
+/// epoch-0 training caption) and the cells its objects cover: real rendered shapes through the
+/// real VAE, drawn like [`Placed`]'s patterns (uniformly, with replacement).
+struct CacheImages {
+    captions: Vec<String>,
+    images: Vec<Tensor>,
+    masks: Vec<Tensor>,
+    rng: TrainRng,
+}
+
+impl CacheImages {
+    /// Up to `limit` images from the cache in `dir`.
+    fn open(dir: &std::path::Path, limit: usize, device: &Device) -> Result<Self> {
+        let mut cache = ciak_train::train::latents::CachedLatents::open(dir, 1, device)?;
+        let (mut captions, mut images, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..cache.len() {
+            let one = cache.batch(1)?.first_frames(1)?;
+            if one.latents.dims()[3..] != [H, W] || images.len() == limit {
+                continue;
+            }
+            let mask = one.foreground.ok_or_else(|| TrainError::Data("the cache gave no foreground mask".into()))?;
+            captions.push(one.captions[0].clone());
+            images.push(one.latents.get(0)?);
+            masks.push(mask.get(0)?.gt(0.5)?.to_dtype(candle_core::DType::F32)?);
+        }
+        if images.is_empty() {
+            return Err(TrainError::Data(format!("{}: expected 16:9 clips ({H}x{W} latents), found none", dir.display())));
+        }
+        Ok(Self { captions, images, masks, rng: TrainRng::new(7) })
+    }
+}
+
+impl LatentSource for CacheImages {
+    fn batch(&mut self, n: usize) -> Result<LatentBatch> {
+        let picks: Vec<usize> = (0..n).map(|_| (self.rng.next_u64() % self.images.len() as u64) as usize).collect();
+        let latents = Tensor::stack(&picks.iter().map(|&k| self.images[k].clone()).collect::<Vec<_>>(), 0)?;
+        let foreground = Tensor::stack(&picks.iter().map(|&k| self.masks[k].clone()).collect::<Vec<_>>(), 0)?;
+        Ok(LatentBatch { latents, captions: picks.iter().map(|&k| self.captions[k].clone()).collect(), foreground: Some(foreground) })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "rng": self.rng.state })
+    }
+
+    fn restore(&mut self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `cache=DIR` mode: the probe's model and settings on real images (the first latent frames of
+/// a cache's 16:9 clips, PROBE_IMAGES of them, default 8) instead of flat squares. Reports, per
+/// image, the share of the object recovered by samples from pure noise: 1 - the sample's error
+/// on the object's cells / the error there of the image's own background (its median), so 1 =
+/// the object drawn as it is, 0 = background there; and the same for the rest against zeros.
+fn cache_run(dir: &std::path::Path, steps: u64, heads: usize, layers: usize, tokenizer: std::path::PathBuf) -> Result<()> {
+    let device = Device::Cpu;
+    let mut source = CacheImages::open(dir, knob("PROBE_IMAGES", 8.0) as usize, &device)?;
+    let mut cfg = config(tokenizer, steps, heads, layers, knob("PROBE_TERMINAL", 0.1));
+    cfg.text_len = knob("PROBE_TEXT_LEN", 16.0) as usize;
+    let mut trainer = DitTrainer::new(&cfg, &device)?;
+    for caption in &source.captions {
+        println!("  {caption}");
+    }
+    println!("cache: width {} layers {layers}; {} images; per image, object / rest share recovered by samples", heads * 64, source.images.len());
+    let shown = source.images.len().min(8);
+    let save = std::env::var("PROBE_SAVE").ok();
+    train_reporting(&mut trainer, &mut source, steps, 10, |trainer, source, step, mean| {
+        let mut cols = String::new();
+        let mut saved = std::collections::HashMap::new();
+        for guidance in [1.0, 5.0] {
+            for k in 0..shown {
+                let x = sample(trainer, &source.captions[k], 4, 20, guidance, 3000 + k as u64)?;
+                saved.insert(format!("sample-{k}-g{guidance}"), x.clone());
+                saved.insert(format!("truth-{k}"), source.images[k].clone());
+                let (truth, mask) = (source.images[k].unsqueeze(0)?, &source.masks[k]);
+                let median: Vec<f32> = truth.flatten_from(2)?.get(0)?.to_vec2::<f32>()?.into_iter().map(|mut v| {
+                    v.sort_by(f32::total_cmp);
+                    v[v.len() / 2]
+                }).collect();
+                let background = Tensor::from_vec(median, (1, C, 1, 1, 1), &device)?;
+                let outside = (1.0 - mask)?;
+                let err = |a: &Tensor, m: &Tensor| -> Result<f64> {
+                    Ok(a.broadcast_sub(&truth)?.sqr()?.broadcast_mul(m)?.sum_all()?.to_scalar::<f32>()? as f64)
+                };
+                let object = 1.0 - err(&x, mask)? / 4.0 / err(&background, mask)?.max(1e-6);
+                let rest = 1.0 - err(&x, &outside)? / 4.0 / err(&truth.zeros_like()?, &outside)?.max(1e-6);
+                cols += &format!(" {object:>5.2}/{rest:.2}");
+            }
+            cols += "  |";
+        }
+        if let Some(path) = &save {
+            candle_core::safetensors::save(&saved, path)?;
+        }
+        println!("{step:>5} {mean:.4} {cols}");
+        Ok(())
+    })
+}
+
 /// Trains `steps` steps and calls `report` with the step and the mean loss since the last
 /// report, `reports` times in all.
-fn train_reporting(
+fn train_reporting<S: LatentSource>(
     trainer: &mut DitTrainer,
-    source: &mut Placed,
+    source: &mut S,
     steps: u64,
     reports: u64,
-    mut report: impl FnMut(&DitTrainer, &Placed, u64, f64) -> Result<()>,
+    mut report: impl FnMut(&DitTrainer, &S, u64, f64) -> Result<()>,
 ) -> Result<()> {
     let mut losses = Vec::new();
     for step in 1..=steps {
