@@ -40,7 +40,7 @@
 //! (`middle`/`free`: 1 gives every caption the first caption's object vector), PROBE_OBJECT_SIDE
 //! (the object square's side in latent pixels, default 8 = 2x2 tokens; the fill window follows),
 //! PROBE_BATCH and PROBE_LR (default 8 and 1e-3; the built-in DiT configs train at 4 and 4e-4),
-//! PROBE_SEED (the trainer's seed: weights, noise and batches; default 3; the task's vectors stay
+//! PROBE_PATCH (the spatial patch side, default 4), PROBE_SEED (the trainer's seed: weights, noise and batches; default 3; the task's vectors stay
 //! the same, so runs that differ only here show how much of a result is luck).
 //!
 //! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
@@ -173,7 +173,7 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
             ffn_dim: heads * 64 * 4,
             num_layers: layers,
             freq_dim: 256,
-            patch_size: [1, 4, 4],
+            patch_size: [1, knob("PROBE_PATCH", 4.0) as usize, knob("PROBE_PATCH", 4.0) as usize],
             latent_channels: C,
             cross_attn_norm: true,
             eps: 1e-6,
