@@ -36,6 +36,8 @@ pub enum TrainCommand {
     Tokenizer(TokenizerArgs),
     /// Train the VAE on toy-world clips; exports OUT/vae.
     Vae(VaeArgs),
+    /// A VAE with fewer latent channels from a trained one: its latents' top principal components.
+    ReduceVae(ReduceVaeArgs),
     /// Encode training clips with a trained VAE into a latent cache.
     Latents(LatentsArgs),
     /// Train the DiT and text encoder on a latent cache; exports OUT/model (diffusers + ciak.json).
@@ -100,6 +102,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
             vae_stage(&a.config, a.init_from.as_deref(), &a.out, a.resume, &run)
                 .map(|_| ())
+        }
+        TrainCommand::ReduceVae(a) => {
+            let summary = ciak_train::train::vae_reduce::reduce_vae(&a.vae, a.z_dim, a.clips, a.seed, &a.out)
+                .with_context(|| format!("reducing {} to {} latent channels", a.vae.display(), a.z_dim))?;
+            let eig: Vec<String> = summary.eigenvalues.iter().map(|l| format!("{l:.3}")).collect();
+            println!("eigenvalues of the normalised latents ({} clips): {}", summary.clips, eig.join(" "));
+            println!("wrote {} with z_dim {}: {:.2}% of the latent variance kept", a.out.display(), a.z_dim, 100.0 * summary.kept_variance);
+            Ok(())
         }
         TrainCommand::Latents(a) => {
             let device = a.device.open()?;
@@ -266,6 +276,25 @@ pub struct VaeArgs {
     pub log_every: u64,
     #[command(flatten)]
     pub device: DeviceArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReduceVaeArgs {
+    /// The trained VAE folder (config.json + safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub vae: PathBuf,
+    /// Latent channels to keep (fewer than the VAE's).
+    #[arg(long)]
+    pub z_dim: usize,
+    /// Training-world clips whose latents give the principal components.
+    #[arg(long, default_value_t = 90)]
+    pub clips: usize,
+    /// Seed of the clips' statistics stream.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The new VAE folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

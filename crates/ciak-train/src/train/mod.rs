@@ -8,6 +8,7 @@
 //! - [`dit`]: the training run (`run_dit_training`) and its JSON config.
 //! - [`export`]: the diffusers-format folder that `WanPipeline::load` reads.
 //! - [`vae`]: the built-in VAE (Wan2.1 `AutoencoderKLWan` at toy size) trained on toy frames.
+//! - [`vae_reduce`]: a VAE with fewer latent channels, from a trained one's principal components.
 //! - [`latents`]: the VAE latent cache of training clips, read by the DiT trainer.
 pub mod checkpoint;
 pub mod dit;
@@ -19,6 +20,7 @@ pub mod lossplot;
 pub mod optim;
 pub mod text;
 pub mod vae;
+pub mod vae_reduce;
 
 pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
 pub use latents::{build_latent_cache, CachedLatents, LatentCacheConfig};

@@ -745,26 +745,57 @@ pub fn reconstruction_psnr(vae: &AutoencoderKLWan, scenes: &[Scene]) -> Result<V
 /// Per-channel mean and standard deviation of the posterior means of `clips` full-size
 /// training clips (item `i` of the statistics stream of `seed`), accumulated in f64.
 pub fn latent_statistics(vae: &AutoencoderKLWan, seed: u64, clips: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mean, cov) = latent_moments(vae, seed, clips)?.mean_and_covariance();
+    let std = (0..mean.len()).map(|c| cov[c][c].max(1e-12).sqrt()).collect();
+    Ok((mean, std))
+}
+
+/// First and second moments of latent vectors (one per latent cell), in f64.
+#[derive(Debug, Clone)]
+pub struct LatentMoments {
+    pub count: usize,
+    pub sum: Vec<f64>,
+    /// `sum x_i x_j` over the cells, z x z.
+    pub cross: Vec<Vec<f64>>,
+}
+
+impl LatentMoments {
+    /// The mean vector and the (population) covariance matrix.
+    pub fn mean_and_covariance(&self) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let cov = self
+            .cross
+            .iter()
+            .enumerate()
+            .map(|(i, row)| row.iter().enumerate().map(|(j, q)| q / n - mean[i] * mean[j]).collect())
+            .collect();
+        (mean, cov)
+    }
+}
+
+/// The moments of the posterior means of `clips` full-size training clips (item `i` of the
+/// statistics stream of `seed`), over every latent cell.
+pub fn latent_moments(vae: &AutoencoderKLWan, seed: u64, clips: usize) -> Result<LatentMoments> {
     let z = vae.config().z_dim;
-    let (mut sum, mut sq, mut count) = (vec![0f64; z], vec![0f64; z], 0usize);
+    let mut moments = LatentMoments { count: 0, sum: vec![0f64; z], cross: vec![vec![0f64; z]; z] };
     let sampler = SamplerConfig::default();
     for i in 0..clips as u64 {
         let scene = sample(seed ^ STATS_SALT, i, &sampler, Split::Train).scene;
         let (mean, _) = vae.encode(&clip_tensor(&render(&scene), vae.device())?)?;
         // [1, z, T, h, w] -> [z, n]
         let m = mean.to_dtype(DType::F64)?.squeeze(0)?.flatten_from(1)?;
-        let s = m.sum(1)?.to_vec1::<f64>()?;
-        let q = m.sqr()?.sum(1)?.to_vec1::<f64>()?;
-        for c in 0..z {
-            sum[c] += s[c];
-            sq[c] += q[c];
+        for (c, s) in m.sum(1)?.to_vec1::<f64>()?.into_iter().enumerate() {
+            moments.sum[c] += s;
         }
-        count += m.dim(1)?;
+        for (row, q) in moments.cross.iter_mut().zip(m.matmul(&m.t()?)?.to_vec2::<f64>()?) {
+            for (acc, v) in row.iter_mut().zip(q) {
+                *acc += v;
+            }
+        }
+        moments.count += m.dim(1)?;
     }
-    let n = count.max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let std: Vec<f64> = sq.iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(1e-12).sqrt()).collect();
-    Ok((mean, std))
+    Ok(moments)
 }
 
 /// The diffusers `vae/config.json` of a Wan2.1-style VAE.
