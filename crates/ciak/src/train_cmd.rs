@@ -108,7 +108,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .with_context(|| format!("reducing {} to {} latent channels", a.vae.display(), a.z_dim))?;
             let eig: Vec<String> = summary.eigenvalues.iter().map(|l| format!("{l:.3}")).collect();
             println!("eigenvalues of the normalised latents ({} clips): {}", summary.clips, eig.join(" "));
-            println!("wrote {} with z_dim {}: {:.2}% of the latent variance kept", a.out.display(), a.z_dim, 100.0 * summary.kept_variance);
+            println!(
+                "wrote {} with z_dim {}: {:.2}% of the latent variance kept; decoder constant input rms {:.4}, {:.4} of it folded into conv_in's bias",
+                a.out.display(),
+                a.z_dim,
+                100.0 * summary.kept_variance,
+                summary.constant,
+                summary.constant_residual
+            );
             Ok(())
         }
         TrainCommand::Latents(a) => {

@@ -36,6 +36,17 @@ pub struct ReduceSummary {
     pub kept_variance: f64,
     /// Clips the statistics were taken over.
     pub clips: usize,
+    /// The old VAE's mean posterior mean (z).
+    pub mean: Vec<f64>,
+    /// The new latent from the old one: `y = projection (mu - mean)`, k x z.
+    pub projection: Vec<Vec<f64>>,
+    /// The old latent back from the new: `mu ~ mean + reconstruction y`, z x k.
+    pub reconstruction: Vec<Vec<f64>>,
+    /// The rms of the part of `decoder.conv_in`'s constant input that the k channels cannot
+    /// carry and that is folded into its bias (`r`), beside the rms of the whole constant (`c`):
+    /// a residual of 0 makes the decoder exact at the borders too.
+    pub constant_residual: f64,
+    pub constant: f64,
 }
 
 /// Writes to `out` a VAE folder with `z_dim` latent channels made from the one in `vae_dir`,
@@ -117,7 +128,9 @@ pub fn reduce_vae(vae_dir: &Path, z_dim: usize, clips: usize, seed: u64, out: &P
     reduced.validate().map_err(|e| bad(e.to_string()))?;
     debug_assert!(vae_config_json(&reduced)["z_dim"] == z_dim);
     write_vae_folder(&reduced, &weights, out)?;
-    Ok(ReduceSummary { eigenvalues, kept_variance, clips })
+    let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+    let (constant_residual, constant) = (rms(&r), rms(&c));
+    Ok(ReduceSummary { eigenvalues, kept_variance, clips, mean, projection: a, reconstruction: b, constant_residual, constant })
 }
 
 fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
