@@ -43,6 +43,13 @@
 //! PROBE_PATCH (the spatial patch side, default 4), PROBE_SEED (the trainer's seed: weights, noise and batches; default 3; the task's vectors stay
 //! the same, so runs that differ only here show how much of a result is luck).
 //!
+//!   cargo run --release -p ciak-train --example position_probe -- sample cache=DIR [STEPS] [WIDTH] [LAYERS]
+//!
+//! `cache=DIR`: the same model on real images, the first latent frames of a latent cache's 16:9
+//! clips (PROBE_IMAGES of them, default 8, one fixed caption each; PROBE_TEXT_LEN, default 16);
+//! reports per image the object / rest share its samples recover, and PROBE_SAVE=FILE writes the
+//! images and samples (safetensors) at every report.
+//!
 //! `colours`: 90 captions pairing 10 colours as object and background (one vector per colour),
 //! the object in the middle: can the model bind each colour word to its role? The report gives
 //! the share of samples whose middle / rest is nearest the caption's object / background colour.
