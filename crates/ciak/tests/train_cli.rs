@@ -277,6 +277,18 @@ fn bad_input_is_one_clear_line() {
         ok(ciak(&d, &["train", "preview", "--count", "1", "--world", path.to_str().unwrap(), "--out", "world-preview"]));
     }
 
+    // reduce-vae: a folder that is not a VAE, a channel count it cannot make, its own folder as --out
+    let fixture = repo_root().join("tests/fixtures/tiny-wan/vae");
+    let fixture = fixture.to_str().unwrap();
+    fails(ciak(&d, &["train", "reduce-vae", "--vae", "nowhere", "--z-dim", "4", "--out", "r"]), "nowhere");
+    fails(ciak(&d, &["train", "reduce-vae", "--vae", fixture, "--z-dim", "16", "--out", "r"]), "expected a z_dim from 1 to 15 (fewer channels than the VAE's 16), got 16");
+    fails(ciak(&d, &["train", "reduce-vae", "--vae", fixture, "--z-dim", "4", "--out", fixture]), "expected the reduced VAE to go to another folder");
+    assert!(!d.join("r").exists());
+    let said = ok(ciak(&d, &["train", "reduce-vae", "--vae", fixture, "--z-dim", "4", "--clips", "1", "--out", "r"]));
+    assert!(said.contains("wrote r with z_dim 4"), "{said}");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.join("r/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["z_dim"], 4);
+
     // a fresh run into a folder holding a checkpoint, and resuming a cache that is not there
     std::fs::create_dir_all(d.join("c/checkpoint")).unwrap();
     std::fs::write(d.join("c/checkpoint/state.json"), "{}").unwrap();

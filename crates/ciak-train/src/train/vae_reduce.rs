@@ -20,7 +20,7 @@
 //!   into `conv_in`'s bias, which is exact away from the borders, where `conv_in` zero-pads.
 //! - statistics: the new latents have mean 0 and per-channel std `sqrt(lambda_j)`.
 use crate::train::latents::load_vae;
-use crate::train::vae::{latent_moments, vae_config_json, write_vae_folder};
+use crate::train::vae::{latent_moments, write_vae_folder};
 use crate::train::{Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use ciak_models::wan::vae::AutoencoderKLWanConfig;
@@ -53,6 +53,10 @@ pub struct ReduceSummary {
 /// using `clips` training-world clips (drawn with `seed`) for the latent covariance.
 pub fn reduce_vae(vae_dir: &Path, z_dim: usize, clips: usize, seed: u64, out: &Path) -> Result<ReduceSummary> {
     let bad = |message: String| TrainError::Config { path: vae_dir.to_path_buf(), message };
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if same(vae_dir, out) {
+        return Err(bad(format!("expected the reduced VAE to go to another folder than {}, got the same", vae_dir.display())));
+    }
     let device = Device::Cpu;
     let vae = load_vae(vae_dir, &device)?;
     let cfg = vae.config().clone();
@@ -126,7 +130,6 @@ pub fn reduce_vae(vae_dir: &Path, z_dim: usize, clips: usize, seed: u64, out: &P
         ..cfg
     };
     reduced.validate().map_err(|e| bad(e.to_string()))?;
-    debug_assert!(vae_config_json(&reduced)["z_dim"] == z_dim);
     write_vae_folder(&reduced, &weights, out)?;
     let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
     let (constant_residual, constant) = (rms(&r), rms(&c));
