@@ -522,8 +522,10 @@ fn cache_run(dir: &std::path::Path, steps: u64, heads: usize, layers: usize, tok
         for guidance in [1.0, 5.0] {
             for k in 0..shown {
                 let x = sample(trainer, &source.captions[k], 4, 20, guidance, 3000 + k as u64)?;
-                saved.insert(format!("sample-{k}-g{guidance}"), x.clone());
-                saved.insert(format!("truth-{k}"), source.images[k].clone());
+                if save.is_some() {
+                    saved.insert(format!("sample-{k}-g{guidance}"), x.clone());
+                    saved.insert(format!("truth-{k}"), source.images[k].clone());
+                }
                 let (truth, mask) = (source.images[k].unsqueeze(0)?, &source.masks[k]);
                 let median: Vec<f32> = truth.flatten_from(2)?.get(0)?.to_vec2::<f32>()?.into_iter().map(|mut v| {
                     v.sort_by(f32::total_cmp);

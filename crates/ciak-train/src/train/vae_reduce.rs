@@ -149,8 +149,7 @@ fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> 
 /// A 1x1x1 conv weight [out, in, 1, 1, 1] as rows of f64.
 fn matrix(w: &Tensor) -> Result<Vec<Vec<f64>>> {
     let (o, i) = (w.dim(0)?, w.dim(1)?);
-    let rows = w.reshape((o, i))?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    Ok(rows)
+    Ok(w.reshape((o, i))?.to_dtype(DType::F64)?.to_vec2::<f64>()?)
 }
 
 fn identity_conv(n: usize, device: &Device) -> Result<Tensor> {
