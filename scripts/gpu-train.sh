@@ -23,7 +23,9 @@
 # Prepare on the build machine: scripts/ci-cuda-check.sh --build (the CUDA binary, .gpu/ciak.xz)
 # and copy the trained VAE folder to .gpu/vae (see scripts/README.md). Settings (environment):
 # BUDGET (540) seconds from start to the packed model, CONFIG (train/dit-x4t-gpu.json), VAE
-# (.gpu/vae), CLIPS (2000), SPREAD (0.25), AMOUNT_SPREAD (1), PROBE (40), PARITY (1; 0 skips step 1), LATENT_SECONDS (150), PROMPT (the check clip's), DEVICE (cuda;
+# (.gpu/vae), CLIPS (2000), WORLD (a world file for the latent cache, as `train latents --world`
+# takes; e.g. CONFIG=train/dit-x4r.json WORLD=train/world-single-edges-large.json with VAE a copy
+# of train/vae-x4f8), SPREAD (0.25), AMOUNT_SPREAD (1), PROBE (40), PARITY (1; 0 skips step 1), LATENT_SECONDS (150), PROMPT (the check clip's), DEVICE (cuda;
 # `DEVICE=cpu CIAK_BIN=target/release/ciak` with a small CONFIG, CLIPS and BUDGET smoke-tests it here).
 # Join the parts here: cat model.tar.xz.part-* | xz -dc | tar -x -C DIR
 set -uo pipefail
@@ -62,7 +64,13 @@ fi
 lat=$work/latents
 latents() {
   say "$bin train latents --count $1"
-  "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --placement-spread "${SPREAD:-0.25}" --amount-spread "${AMOUNT_SPREAD:-1}" --out "$2"
+  if [ -n "${WORLD:-}" ]; then
+    # the world file sets its own spreads; SPREAD / AMOUNT_SPREAD override them only when given
+    "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --world "$WORLD" \
+      ${SPREAD:+--placement-spread "$SPREAD"} ${AMOUNT_SPREAD:+--amount-spread "$AMOUNT_SPREAD"} --out "$2"
+  else
+    "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --placement-spread "${SPREAD:-0.25}" --amount-spread "${AMOUNT_SPREAD:-1}" --out "$2"
+  fi
 }
 if [ -f "$lat/cache.json" ]; then
   say "reusing the latent cache in $lat (an earlier call on this machine)"
