@@ -84,10 +84,7 @@ fn reduced_decoder_is_the_old_one_on_the_reconstruction() {
     let centred = tmp.path().join("centred");
     std::fs::create_dir_all(&centred).unwrap();
     std::fs::copy(fixture_vae().join("config.json"), centred.join("config.json")).unwrap();
-    let mut weights = std::collections::HashMap::new();
-    for file in ciak_engine::loader::safetensors_files(&fixture_vae()).unwrap() {
-        weights.extend(candle_core::safetensors::load(&file, &dev).unwrap());
-    }
+    let mut weights = ciak_train::train::vae::folder_weights(&fixture_vae(), &dev).unwrap();
     let w_pq = weights["post_quant_conv.weight"].to_dtype(DType::F32).unwrap().reshape((16, 16)).unwrap();
     let mean_t = Tensor::new(first.mean.iter().map(|&v| v as f32).collect::<Vec<_>>(), &dev).unwrap().reshape((16, 1)).unwrap();
     let bias = w_pq.matmul(&mean_t).unwrap().neg().unwrap().squeeze(1).unwrap();

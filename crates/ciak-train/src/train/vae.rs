@@ -433,10 +433,7 @@ impl TrainableVae {
                 arch(&cfg)
             )));
         }
-        let mut weights = HashMap::new();
-        for file in safetensors_files(dir)? {
-            weights.extend(candle_core::safetensors::load(&file, &self.device)?);
-        }
+        let weights = folder_weights(dir, &self.device)?;
         for (name, var) in sorted_vars(&self.vars) {
             if fresh_decoder && VaeTrainPart::Decoder.trains(&name) {
                 continue;
@@ -796,6 +793,15 @@ pub fn latent_moments(vae: &AutoencoderKLWan, seed: u64, clips: usize) -> Result
         moments.count += m.dim(1)?;
     }
     Ok(moments)
+}
+
+/// Every tensor of a VAE folder's safetensors files, by name, in their stored dtype.
+pub fn folder_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut weights = HashMap::new();
+    for file in safetensors_files(dir)? {
+        weights.extend(candle_core::safetensors::load(&file, device)?);
+    }
+    Ok(weights)
 }
 
 /// The diffusers `vae/config.json` of a Wan2.1-style VAE.

@@ -20,7 +20,7 @@
 //!   into `conv_in`'s bias, which is exact away from the borders, where `conv_in` zero-pads.
 //! - statistics: the new latents have mean 0 and per-channel std `sqrt(lambda_j)`.
 use crate::train::latents::load_vae;
-use crate::train::vae::{latent_moments, write_vae_folder};
+use crate::train::vae::{folder_weights, latent_moments, write_vae_folder};
 use crate::train::{Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use ciak_models::wan::vae::AutoencoderKLWanConfig;
@@ -85,7 +85,8 @@ pub fn reduce_vae(vae_dir: &Path, z_dim: usize, clips: usize, seed: u64, out: &P
     let a: Vec<Vec<f64>> = (0..z_dim).map(|j| (0..z).map(|i| vectors[i][j] / std[i]).collect()).collect();
     let b: Vec<Vec<f64>> = (0..z).map(|i| (0..z_dim).map(|j| std[i] * vectors[i][j]).collect()).collect();
 
-    let mut weights = read_weights(vae_dir, &device)?;
+    let mut weights: HashMap<String, Tensor> =
+        folder_weights(vae_dir, &device)?.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
     let take = |weights: &mut HashMap<String, Tensor>, name: &str| -> Result<Tensor> {
         weights.remove(name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))
     };
@@ -134,16 +135,6 @@ pub fn reduce_vae(vae_dir: &Path, z_dim: usize, clips: usize, seed: u64, out: &P
     let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
     let (constant_residual, constant) = (rms(&r), rms(&c));
     Ok(ReduceSummary { eigenvalues, kept_variance, clips, mean, projection: a, reconstruction: b, constant_residual, constant })
-}
-
-fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let mut weights = HashMap::new();
-    for file in ciak_engine::loader::safetensors_files(dir)? {
-        for (name, t) in candle_core::safetensors::load(&file, device)? {
-            weights.insert(name, t.to_dtype(DType::F32)?);
-        }
-    }
-    Ok(weights)
 }
 
 /// A 1x1x1 conv weight [out, in, 1, 1, 1] as rows of f64.
