@@ -6,25 +6,24 @@
 #                                     then copy the model to models/builtin and render a check clip
 #
 # Every stage checkpoints; running the script again continues where it stopped (finished stages
-# are skipped, a started one resumes bit-identically). One thread per process, as the shipped
-# run (CANDLE_NUM_THREADS / RAYON_NUM_THREADS may be set to override).
+# are skipped, a started one resumes bit-identically). Threads per process: CANDLE_NUM_THREADS /
+# RAYON_NUM_THREADS (default 2, the build machine's cores).
 #
-# Stages:
-#   1. VAE, train/vae.json: 1500 steps on 64x64 crops of 9-frame windows + single frames
-#   2. latent cache of 1000 clips with that VAE            -> latents-stage1
-#   3. DiT + text encoder, train/dit.json, steps 1-STAGE1_DIT_STEPS on those latents
-#   4. VAE, train/vae-stage2.json: steps 1501-2500, lower learning rate
-#   5. VAE, train/vae-stage3.json: steps 2501-3950 on full 25-frame windows (the causal cache's
-#      long-range behaviour, which 9-frame windows never exercise)
-#   6. latent cache of the same 1000 clips with the final VAE -> latents
-#   7. DiT + text encoder, train/dit-stage2.json: steps STAGE1_DIT_STEPS+1 to 3500 on the final
-#      latents (its cosine schedule runs over 4000 steps; the shipped run stopped at 3500)
+# Stages, with the time each took when the shipped model was made on the 2-core build machine
+# (docs/training.md, "The run behind models/builtin"; about 6 h 40 min in order):
+#   1. VAE, train/vae-x4.json, steps 1-1500 of its 6000-step schedule (= train/vae-x4-1500)  48 min
+#   2. VAE, train/vae-x4-full.json from stage 1: encoder and decoder, 4000 more steps with the
+#      object weighting (= train/vae-x4f)                                                1 h 43 min
+#   3. `ciak train reduce-vae`: its 8 top principal latent channels (= train/vae-x4f8)     2 min
+#   4. VAE, train/vae-x4f8-decoder.json from stage 3: the decoder alone on the 8 channels, so
+#      the latent space stays stage 3's                                                  1 h 14 min
+#   5. latent cache of 1500 clips of train/world-single-edges-large.json                  10 min
+#   6. DiT + text encoder, train/dit-x4r.json, 3000 steps                                1 h 58 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${CIAK_TRAIN_OUT:-target/builtin-train}
-STAGE1_DIT_STEPS=2000
-export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-1} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
+export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-2} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
 
 cargo build --release --locked -p ciak
 ciak=target/release/ciak
@@ -34,6 +33,7 @@ ckpt_step() {
     local state="$1/checkpoint/state.json"
     if [[ -f "$state" ]]; then grep -o '"step": *[0-9]*' "$state" | head -1 | grep -o '[0-9]*$'; else echo 0; fi
 }
+config_steps() { grep -o '"steps": *[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }
 
 # run_stage DIR TARGET_STEP CMD...: skips when the checkpoint in DIR is at TARGET_STEP or past
 # it, adds --resume when there is a checkpoint
@@ -49,37 +49,30 @@ run_stage() {
     if ((at > 0)); then "$@" --resume; else "$@"; fi
 }
 
-latents() {
-    local vae=$1 out=$2
-    if [[ -f "$out/cache.json" ]]; then
-        "$ciak" train latents --vae "$vae" --count 1000 --seed 1 --out "$out" --resume
-    else
-        "$ciak" train latents --vae "$vae" --count 1000 --seed 1 --out "$out"
-    fi
-}
-
 mkdir -p "$OUT"
-config_steps() { grep -o '"steps": *[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }
 
-# 1-2: first VAE and the latents the DiT starts on (kept beside the run: stage 4 re-exports)
-run_stage "$OUT/vae" "$(config_steps train/vae.json)" "$ciak" train vae --config train/vae.json --out "$OUT/vae" --stop-at "$(config_steps train/vae.json)"
-if [[ ! -f "$OUT/vae-stage1/config.json" ]]; then
-    rm -rf "$OUT/vae-stage1" && cp -r "$OUT/vae/vae" "$OUT/vae-stage1"
+# 1-2: the 4x VAE, then the same VAE with moving objects weighted
+run_stage "$OUT/vae-a" 1500 "$ciak" train vae --config train/vae-x4.json --out "$OUT/vae-a" --stop-at 1500
+run_stage "$OUT/vae-f" "$(config_steps train/vae-x4-full.json)" "$ciak" train vae --config train/vae-x4-full.json \
+    --init-from "$OUT/vae-a/vae" --out "$OUT/vae-f"
+
+# 3: 8 latent channels (a 1x4x4 patch of 16 channels is more than a 256-wide token carries)
+if [[ ! -f "$OUT/vae-r/config.json" ]]; then
+    rm -rf "$OUT/vae-r.new"
+    "$ciak" train reduce-vae --vae "$OUT/vae-f/vae" --z-dim 8 --out "$OUT/vae-r.new"
+    mv "$OUT/vae-r.new" "$OUT/vae-r"
 fi
-latents "$OUT/vae-stage1" "$OUT/latents-stage1"
 
-# 3: DiT on the first latents
-run_stage "$OUT/dit" "$STAGE1_DIT_STEPS" "$ciak" train dit --config train/dit.json --latents "$OUT/latents-stage1" \
-    --vae "$OUT/vae-stage1" --out "$OUT/dit" --stop-at "$STAGE1_DIT_STEPS"
+# 4: the decoder on the 8 channels
+run_stage "$OUT/vae-d" "$(config_steps train/vae-x4f8-decoder.json)" "$ciak" train vae \
+    --config train/vae-x4f8-decoder.json --init-from "$OUT/vae-r" --out "$OUT/vae-d"
 
-# 4-5: the VAE goes on, then learns whole 25-frame clips
-run_stage "$OUT/vae" 2500 "$ciak" train vae --config train/vae-stage2.json --out "$OUT/vae" --stop-at 2500
-run_stage "$OUT/vae" "$(config_steps train/vae-stage3.json)" "$ciak" train vae --config train/vae-stage3.json --out "$OUT/vae"
-
-# 6-7: final latents, DiT to the end
-latents "$OUT/vae/vae" "$OUT/latents"
-run_stage "$OUT/dit" 3500 "$ciak" train dit --config train/dit-stage2.json --latents "$OUT/latents" --stop-at 3500 \
-    --vae "$OUT/vae/vae" --out "$OUT/dit"
+# 5-6: latents (the encoder is stage 3's either way) and the DiT
+if [[ -f "$OUT/latents/cache.json" ]]; then resume=(--resume); else resume=(); fi
+"$ciak" train latents --vae "$OUT/vae-d/vae" --count 1500 --seed 1 --world train/world-single-edges-large.json \
+    --out "$OUT/latents" "${resume[@]}"
+run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$ciak" train dit --config train/dit-x4r.json \
+    --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit"
 
 MODEL="$OUT/dit/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
