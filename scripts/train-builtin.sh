@@ -35,14 +35,15 @@ ckpt_step() {
 }
 config_steps() { grep -o '"steps": *[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }
 
-# run_stage DIR TARGET_STEP CMD...: skips when the checkpoint in DIR is at TARGET_STEP or past
-# it, adds --resume when there is a checkpoint
+# run_stage DIR TARGET_STEP EXPORTED CMD...: skips when the checkpoint in DIR is at TARGET_STEP
+# or past it and the stage's export (the file EXPORTED) is there, adds --resume when there is a
+# checkpoint (a run stopped between its last checkpoint and its export just exports)
 run_stage() {
-    local dir=$1 target=$2
-    shift 2
+    local dir=$1 target=$2 exported=$3
+    shift 3
     local at
     at=$(ckpt_step "$dir")
-    if ((at >= target)); then
+    if ((at >= target)) && [[ -f "$exported" ]]; then
         echo "$dir: at step $at, stage to $target done"
         return
     fi
@@ -52,8 +53,8 @@ run_stage() {
 mkdir -p "$OUT"
 
 # 1-2: the 4x VAE, then the same VAE with moving objects weighted
-run_stage "$OUT/vae-a" 1500 "$ciak" train vae --config train/vae-x4.json --out "$OUT/vae-a" --stop-at 1500
-run_stage "$OUT/vae-f" "$(config_steps train/vae-x4-full.json)" "$ciak" train vae --config train/vae-x4-full.json \
+run_stage "$OUT/vae-a" 1500 "$OUT/vae-a/vae/config.json" "$ciak" train vae --config train/vae-x4.json --out "$OUT/vae-a" --stop-at 1500
+run_stage "$OUT/vae-f" "$(config_steps train/vae-x4-full.json)" "$OUT/vae-f/vae/config.json" "$ciak" train vae --config train/vae-x4-full.json \
     --init-from "$OUT/vae-a/vae" --out "$OUT/vae-f"
 
 # 3: 8 latent channels (a 1x4x4 patch of 16 channels is more than a 256-wide token carries)
@@ -64,14 +65,14 @@ if [[ ! -f "$OUT/vae-r/config.json" ]]; then
 fi
 
 # 4: the decoder on the 8 channels
-run_stage "$OUT/vae-d" "$(config_steps train/vae-x4f8-decoder.json)" "$ciak" train vae \
+run_stage "$OUT/vae-d" "$(config_steps train/vae-x4f8-decoder.json)" "$OUT/vae-d/vae/config.json" "$ciak" train vae \
     --config train/vae-x4f8-decoder.json --init-from "$OUT/vae-r" --out "$OUT/vae-d"
 
 # 5-6: latents (the encoder is stage 3's either way) and the DiT
 if [[ -f "$OUT/latents/cache.json" ]]; then resume=(--resume); else resume=(); fi
 "$ciak" train latents --vae "$OUT/vae-d/vae" --count 1500 --seed 1 --world train/world-single-edges-large.json \
     --out "$OUT/latents" "${resume[@]}"
-run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$ciak" train dit --config train/dit-x4r.json \
+run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$OUT/dit/model/ciak.json" "$ciak" train dit --config train/dit-x4r.json \
     --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit"
 
 MODEL="$OUT/dit/model"
