@@ -10,7 +10,7 @@
 # RAYON_NUM_THREADS (default 2, the build machine's cores).
 #
 # Stages, with the time each took when the shipped model was made on the 2-core build machine
-# (docs/training.md, "The run behind models/builtin"; about 6 h 40 min in order):
+# (docs/training.md, "The run behind models/builtin"; about 6 h in order):
 #   1. VAE, train/vae-x4.json, steps 1-1500 of its 6000-step schedule (= train/vae-x4-1500)  48 min
 #   2. VAE, train/vae-x4-full.json from stage 1: encoder and decoder, 4000 more steps with the
 #      object weighting (= train/vae-x4f)                                                1 h 43 min

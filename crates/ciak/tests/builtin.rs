@@ -148,7 +148,7 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
         assert!(dir.path().join("ev").join(file).is_file(), "missing {file}");
     }
     let report = std::fs::read_to_string(dir.path().join("ev/report.md")).unwrap();
-    assert!(report.contains("model builtin: 2 steps, guidance 5"), "the report names its settings: {report}");
+    assert!(report.contains("model builtin: 2 steps, guidance 3"), "the report names its settings: {report}");
 
     // ground truth meets the bar, so --check passes on it
     ok(ciak(dir.path(), &cache, &["eval", "--reference", "--limit", "6", "--check", "--out", "ref"]));
