@@ -10,7 +10,7 @@
 # RAYON_NUM_THREADS (default 2, the build machine's cores).
 #
 # Stages, with the time each took when the shipped model was made on the 2-core build machine
-# (docs/training.md, "The run behind models/builtin"; about 6 h in order):
+# (docs/training.md, "The run behind models/builtin"; about 6 h 45 min in order):
 #   1. VAE, train/vae-x4.json, steps 1-1500 of its 6000-step schedule (= train/vae-x4-1500)  48 min
 #   2. VAE, train/vae-x4-full.json from stage 1: encoder and decoder, 4000 more steps with the
 #      object weighting (= train/vae-x4f)                                                1 h 43 min
@@ -19,10 +19,13 @@
 #      the latent space stays stage 3's                                                  1 h 14 min
 #   5. latent cache of 1500 clips of train/world-single-edges-large.json                  10 min
 #   6. DiT + text encoder, train/dit-x4r.json, 3000 steps                                1 h 58 min
+#   7. the same DiT on, train/dit-x4r2.json (a 6000-step schedule at a lower learning rate,
+#      entered at step 3000: a warm restart), steps 3001-4000                            45 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${CIAK_TRAIN_OUT:-target/builtin-train}
+DIT2_STOP=4000   # the step of train/dit-x4r2.json's 6000-step schedule the shipped model stopped at
 export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-2} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
 
 cargo build --release --locked -p ciak
@@ -75,7 +78,18 @@ if [[ -f "$OUT/latents/cache.json" ]]; then resume=(--resume); else resume=(); f
 run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$OUT/dit/model/ciak.json" "$ciak" train dit --config train/dit-x4r.json \
     --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit"
 
-MODEL="$OUT/dit/model"
+# 7: a warm restart of the same run under a longer schedule, in its own folder (so its export is
+# never mistaken for stage 6's), started from stage 6's checkpoint
+if [[ ! -f "$OUT/dit2/checkpoint/state.json" ]]; then
+    rm -rf "$OUT/dit2.new" && mkdir -p "$OUT/dit2.new"
+    cp -r "$OUT/dit/checkpoint" "$OUT/dit/tokenizer.json" "$OUT/dit/loss.csv" "$OUT/dit2.new/"
+    [[ -f "$OUT/dit/text_pretrain.json" ]] && cp "$OUT/dit/text_pretrain.json" "$OUT/dit2.new/"
+    mv "$OUT/dit2.new" "$OUT/dit2"
+fi
+run_stage "$OUT/dit2" "$DIT2_STOP" "$OUT/dit2/model/ciak.json" "$ciak" train dit --config train/dit-x4r2.json \
+    --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit2" --stop-at "$DIT2_STOP"
+
+MODEL="$OUT/dit2/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 
 # swap the folder in whole
