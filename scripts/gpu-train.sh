@@ -64,13 +64,12 @@ fi
 lat=$work/latents
 latents() {
   say "$bin train latents --count $1"
+  # a world file sets its own spreads, which SPREAD / AMOUNT_SPREAD override only when given
+  local world=(--placement-spread "${SPREAD:-0.25}" --amount-spread "${AMOUNT_SPREAD:-1}")
   if [ -n "${WORLD:-}" ]; then
-    # the world file sets its own spreads; SPREAD / AMOUNT_SPREAD override them only when given
-    "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --world "$WORLD" \
-      ${SPREAD:+--placement-spread "$SPREAD"} ${AMOUNT_SPREAD:+--amount-spread "$AMOUNT_SPREAD"} --out "$2"
-  else
-    "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 --placement-spread "${SPREAD:-0.25}" --amount-spread "${AMOUNT_SPREAD:-1}" --out "$2"
+    world=(--world "$WORLD" ${SPREAD:+--placement-spread "$SPREAD"} ${AMOUNT_SPREAD:+--amount-spread "$AMOUNT_SPREAD"})
   fi
+  "$bin" train latents --device "$dev" --vae "$vae" --count "$1" --seed 1 "${world[@]}" --out "$2"
 }
 if [ -f "$lat/cache.json" ]; then
   say "reusing the latent cache in $lat (an earlier call on this machine)"

@@ -83,7 +83,6 @@ run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$OUT/dit/model/ciak.j
 if [[ ! -f "$OUT/dit2/checkpoint/state.json" ]]; then
     rm -rf "$OUT/dit2.new" && mkdir -p "$OUT/dit2.new"
     cp -r "$OUT/dit/checkpoint" "$OUT/dit/tokenizer.json" "$OUT/dit/loss.csv" "$OUT/dit2.new/"
-    [[ -f "$OUT/dit/text_pretrain.json" ]] && cp "$OUT/dit/text_pretrain.json" "$OUT/dit2.new/"
     mv "$OUT/dit2.new" "$OUT/dit2"
 fi
 run_stage "$OUT/dit2" "$DIT2_STOP" "$OUT/dit2/model/ciak.json" "$ciak" train dit --config train/dit-x4r2.json \
