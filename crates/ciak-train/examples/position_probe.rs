@@ -215,6 +215,7 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
         max_seconds: None,
         stop_at: None,
         fresh_optimizer: false,
+        init_from: None,
         text_pretrain: None,
         text_local_attention: knob("PROBE_TEXT_LOCAL", 0.0),
         vae: None,

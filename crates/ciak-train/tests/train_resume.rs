@@ -169,3 +169,45 @@ fn fresh_optimizer_resumes_a_checkpoint_without_optimizer_state() {
     let third = DitTrainer::resume(&plain, &again, &mut source(&dev), &dev).unwrap();
     assert_eq!(third.lr_at(4).to_bits(), second.lr_at(4).to_bits());
 }
+
+/// `init_from`: a fresh run starts from an exported model folder's weights (current and EMA both),
+/// at step 0, and trains on from there; a folder of another architecture, or without the
+/// transformer's weights, is refused with what was expected and what was found.
+#[test]
+fn init_from_starts_a_fresh_run_from_an_exported_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let dev = Device::Cpu;
+    let mut first = DitTrainer::new(&cfg, &dev).unwrap();
+    let mut src = source(&dev);
+    for _ in 0..3 {
+        first.train_step(&mut src).unwrap();
+    }
+    let model = tmp.path().join("model");
+    first.export(&support::fixture_vae(), &model).unwrap();
+
+    let init = ciak_train::train::dit::DitTrainConfig { init_from: Some(model.clone()), ..cfg.clone() };
+    let mut second = DitTrainer::new(&init, &dev).unwrap();
+    assert_eq!(second.step(), 0);
+    assert_same_bits("weights", &first.ema_weights(), &second.weights());
+    assert_same_bits("ema", &first.ema_weights(), &second.ema_weights());
+    let random = DitTrainer::new(&cfg, &dev).unwrap();
+    let name = "transformer.proj_out.weight";
+    assert!(bits(&random.weights()[name]) != bits(&second.weights()[name]), "init_from kept the random weights");
+    let stats = second.train_step(&mut source(&dev)).unwrap();
+    assert!(stats.loss.is_finite());
+    assert!(bits(&first.ema_weights()[name]) != bits(&second.weights()[name]), "the step changed nothing");
+
+    let mut wider = init.clone();
+    wider.transformer.ffn_dim = 128;
+    let err = DitTrainer::new(&wider, &dev).err().expect("another architecture").to_string();
+    assert!(err.contains("expected shape") && err.contains("ffn"), "{err}");
+    let mut deeper = init.clone();
+    deeper.transformer.num_layers = 1;
+    let err = DitTrainer::new(&deeper, &dev).err().expect("fewer layers than the folder").to_string();
+    assert!(err.contains("blocks.1"), "{err}");
+
+    std::fs::remove_file(model.join("transformer/diffusion_pytorch_model.safetensors")).unwrap();
+    let err = DitTrainer::new(&init, &dev).err().expect("no transformer weights").to_string();
+    assert!(err.contains("transformer/diffusion_pytorch_model.safetensors"), "{err}");
+}

@@ -72,6 +72,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         max_seconds: None,
         stop_at: None,
         fresh_optimizer: false,
+        init_from: None,
         text_pretrain: None,
         text_local_attention: 0.0,
         vae: None,

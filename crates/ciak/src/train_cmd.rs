@@ -132,6 +132,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let device = a.device.open()?;
             let mut settings = read_dit_settings(&a.config, &a.out)?;
             settings.train.fresh_optimizer = a.fresh_optimizer;
+            if let Some(dir) = &a.init_from {
+                ensure!(dir.join("model_index.json").is_file(), "expected --init-from to be an exported model folder (with model_index.json), got {}", dir.display());
+                settings.train.init_from = Some(dir.clone());
+            }
             let run = StageRun { limits: a.limits, log_every: a.log_every, device: &device };
             dit_stage(&settings, &a.latents, &a.vae, &a.out, a.resume, &run).map(|_| ())
         }
@@ -360,6 +364,11 @@ pub struct DitArgs {
     /// data position come from the checkpoint. For a run moved between machines.
     #[arg(long, requires = "resume")]
     pub fresh_optimizer: bool,
+    /// Start a fresh run from this exported model folder's weights (e.g. models/builtin) instead
+    /// of random ones and the text pretraining; overrides the config's `init_from`. AdamW starts
+    /// afresh and the config's schedule runs from step 0.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
     #[arg(long, default_value_t = 10)]

@@ -198,6 +198,13 @@ pub struct DitTrainConfig {
     /// A trained VAE folder (`config.json` + safetensors) to export with; no export without one.
     #[serde(default)]
     pub vae: Option<PathBuf>,
+    /// A model folder this run exported before (`transformer/` and `text_encoder/` in diffusers
+    /// layout, e.g. `models/builtin`) whose weights a fresh run starts from, instead of `seed`'s
+    /// and the text pretraining: the current weights and the EMA both start as the folder's, AdamW
+    /// starts afresh, and the schedule runs from step 0. How a run goes on when its checkpoint
+    /// (with the optimizer's moments) is gone but its shipped model is not.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Joint image and video training, as Wan trains on images beside its videos: a share of the
     /// steps trains on single frames instead of clips. `None`: clips only.
     #[serde(default)]
@@ -252,6 +259,7 @@ impl DitTrainConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.tokenizer = base.join(&cfg.tokenizer);
         cfg.vae = cfg.vae.map(|v| base.join(v));
+        cfg.init_from = cfg.init_from.map(|v| base.join(v));
         cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
         Ok(cfg)
     }
@@ -375,6 +383,19 @@ impl DitTrainConfig {
         }
         Ok(())
     }
+}
+
+/// The tensors of `dir/file` (one component of an exported model folder), named with `prefix`
+/// as the trainer names them.
+fn read_model_weights(dir: &Path, file: &str, prefix: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        let message = format!("expected an exported model folder with {file}, found no such file");
+        return Err(TrainError::Config { path: dir.to_path_buf(), message });
+    }
+    let tensors = candle_core::safetensors::load(&path, device)
+        .map_err(|e| TrainError::Config { path: path.clone(), message: format!("expected safetensors weights, got {e}") })?;
+    Ok(tensors.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)).collect())
 }
 
 /// Number of ids of a `tokenizer.json`, added tokens included.
@@ -725,9 +746,29 @@ fn check_batch(batch: LatentBatch, channels: usize) -> Result<LatentBatch> {
 }
 
 impl DitTrainer {
-    /// A fresh run (weights from `cfg.seed`; with `text_pretrain`, the text encoder pretrained).
+    /// A fresh run (weights from `cfg.seed`; with `text_pretrain`, the text encoder pretrained),
+    /// or from `cfg.init_from`'s weights.
     pub fn new(cfg: &DitTrainConfig, device: &Device) -> Result<Self> {
-        Self::build(cfg, device, true)
+        let Some(dir) = &cfg.init_from else {
+            return Self::build(cfg, device, true);
+        };
+        let mut trainer = Self::build(cfg, device, false)?;
+        let mut weights = read_model_weights(dir, "transformer/diffusion_pytorch_model.safetensors", "transformer.", device)?;
+        weights.extend(read_model_weights(dir, "text_encoder/model.safetensors", "text_encoder.", device)?);
+        let bad = |message: String| TrainError::Config { path: dir.clone(), message };
+        let all: Vec<&Param> = trainer.params.iter().chain(&trainer.frozen).collect();
+        for p in &all {
+            let t = weights.get(&p.name).ok_or_else(|| bad(format!("expected a weight `{}` for this config's model, the folder has none", p.name)))?;
+            if t.dims() != p.var.dims() {
+                return Err(bad(format!("`{}`: expected shape {:?} (the config's model), got {:?}", p.name, p.var.dims(), t.dims())));
+            }
+            p.var.set(&t.to_dtype(p.var.dtype())?)?;
+        }
+        if let Some(extra) = weights.keys().find(|k| !all.iter().any(|p| &p.name == *k)) {
+            return Err(bad(format!("expected only the config's model weights, got `{extra}` as well (another architecture?)")));
+        }
+        trainer.ema = Ema::new(&trainer.params, cfg.ema_decay)?;
+        Ok(trainer)
     }
 
     /// The run's models and optimizer; `pretrain`: run the text pretraining (a resume loads the
