@@ -73,7 +73,27 @@ struct SoftmaxOp;
 /// Below this many elements one thread does the whole softmax.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 18;
 
+/// [`softmax_rows_portable`] compiled for AVX2 and FMA when the CPU has them (the release build
+/// targets baseline x86-64, whose SSE2 vectors are half as wide; measured: the softmax was a
+/// tenth of the default clip's time on a Zen 3 core). The same operations in the same order, so
+/// the same bits either way.
 fn softmax_rows(src: &[f32], dst: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for (checked above).
+        return unsafe { softmax_rows_avx2(src, dst, n) };
+    }
+    softmax_rows_portable(src, dst, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(src: &[f32], dst: &mut [f32], n: usize) {
+    softmax_rows_portable(src, dst, n)
+}
+
+#[inline(always)]
+fn softmax_rows_portable(src: &[f32], dst: &mut [f32], n: usize) {
     const LANES: usize = 8;
     for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
         let mut lanes = [f32::NEG_INFINITY; LANES];
@@ -826,6 +846,12 @@ mod tests {
         let big = randn(&[301, 1037], 5.0);
         let err = max_abs_diff(&softmax_last_dim(&big)?, &candle_nn::ops::softmax_last_dim(&big)?);
         assert!(err < 1e-6, "{err}");
+        // the dispatched kernel (AVX2 where the CPU has it) gives the portable kernel's bits
+        let src = big.flatten_all()?.to_vec1::<f32>()?;
+        let (mut a, mut b) = (vec![0f32; src.len()], vec![0f32; src.len()]);
+        softmax_rows(&src, &mut a, 1037);
+        softmax_rows_portable(&src, &mut b, 1037);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "the kernels disagree");
         Ok(())
     }
 
