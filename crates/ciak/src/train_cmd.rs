@@ -366,8 +366,9 @@ pub struct DitArgs {
     pub fresh_optimizer: bool,
     /// Start a fresh run from this exported model folder's weights (e.g. models/builtin) instead
     /// of random ones and the text pretraining; overrides the config's `init_from`. AdamW starts
-    /// afresh and the config's schedule runs from step 0.
-    #[arg(long, conflicts_with = "resume")]
+    /// afresh and the config's schedule runs from step 0. With --resume the checkpoint's weights
+    /// are used and this only has to name a model folder (so a staged script can pass both).
+    #[arg(long)]
     pub init_from: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
