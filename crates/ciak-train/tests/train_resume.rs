@@ -30,6 +30,16 @@ fn load_part(dir: &Path, part: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join(format!("{part}.safetensors")), &Device::Cpu).unwrap()
 }
 
+/// A fresh run of `cfg` after three steps, and its source.
+fn three_steps(cfg: &ciak_train::train::dit::DitTrainConfig, dev: &Device) -> (DitTrainer, SyntheticLatents) {
+    let mut trainer = DitTrainer::new(cfg, dev).unwrap();
+    let mut src = source(dev);
+    for _ in 0..3 {
+        trainer.train_step(&mut src).unwrap();
+    }
+    (trainer, src)
+}
+
 #[test]
 fn k_steps_then_resume_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -134,11 +144,7 @@ fn fresh_optimizer_resumes_a_checkpoint_without_optimizer_state() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
     let dev = Device::Cpu;
-    let mut first = DitTrainer::new(&cfg, &dev).unwrap();
-    let mut src = source(&dev);
-    for _ in 0..3 {
-        first.train_step(&mut src).unwrap();
-    }
+    let (first, src) = three_steps(&cfg, &dev);
     let ckpt = tmp.path().join("ckpt");
     first.save(&ckpt, &src).unwrap();
     std::fs::remove_file(ckpt.join("optim.safetensors")).unwrap();
@@ -178,11 +184,7 @@ fn init_from_starts_a_fresh_run_from_an_exported_model() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
     let dev = Device::Cpu;
-    let mut first = DitTrainer::new(&cfg, &dev).unwrap();
-    let mut src = source(&dev);
-    for _ in 0..3 {
-        first.train_step(&mut src).unwrap();
-    }
+    let (first, _) = three_steps(&cfg, &dev);
     let model = tmp.path().join("model");
     first.export(&support::fixture_vae(), &model).unwrap();
 
