@@ -385,16 +385,15 @@ impl DitTrainConfig {
     }
 }
 
-/// The tensors of `dir/file` (one component of an exported model folder), named with `prefix`
-/// as the trainer names them.
+/// The tensors of one component of an exported model folder (`dir/file`, as the exporter writes
+/// it), named with `prefix` as the trainer names them; read by the VAE trainer's folder reader.
 fn read_model_weights(dir: &Path, file: &str, prefix: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(file);
-    if !path.is_file() {
+    let Some(component) = path.parent().filter(|_| path.is_file()) else {
         let message = format!("expected an exported model folder with {file}, found no such file");
         return Err(TrainError::Config { path: dir.to_path_buf(), message });
-    }
-    let tensors = candle_core::safetensors::load(&path, device)
-        .map_err(|e| TrainError::Config { path: path.clone(), message: format!("expected safetensors weights, got {e}") })?;
+    };
+    let tensors = super::vae::folder_weights(component, device)?;
     Ok(tensors.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)).collect())
 }
 
