@@ -172,7 +172,8 @@ fn vae_gradients_and_fused_path_agree() {
 }
 
 /// The trainer's own init zeroes the output head (as Wan does), so only the head learns on the
-/// first step; from the second step every parameter gets a gradient through the real loss.
+/// first step; from the second step every parameter gets a gradient through the real loss (with
+/// the motion term of `temporal_weight`).
 #[test]
 fn trainer_loss_reaches_every_parameter_after_one_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,7 +186,11 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
     let mut rng = TrainRng::new(8);
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
-    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None).unwrap();
+    // with the motion term on (two latent frames), which adds to the plain loss
+    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5).unwrap();
+    let plain = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0).unwrap();
+    let (with, without) = (loss.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
+    assert!(with > without, "motion term: {with} against the plain loss {without}");
     let grads = loss.backward().unwrap();
     for p in trainer.params() {
         let g = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("`{}` got no gradient", p.name));

@@ -65,6 +65,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         ema_decay: 0.99,
         caption_dropout: 0.25,
         foreground_weight: 0.0,
+        temporal_weight: 0.0,
         shift: 3.0,
         sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share: 0.0,

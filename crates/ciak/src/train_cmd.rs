@@ -237,6 +237,7 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
         train.tokenizer = base.join(&train.tokenizer);
     }
     train.vae = train.vae.map(|v| base.join(v));
+    train.init_from = train.init_from.map(|v| base.join(v));
     train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
     Ok(DitRunSettings { train, generation, latent_clips, latent_seed, sampler })
 }

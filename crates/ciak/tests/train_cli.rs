@@ -121,6 +121,16 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
     }
     generates(&d, &model);
 
+    // a config in another folder that goes on from the exported model (its `init_from` taken
+    // from the config's folder), with the motion term on
+    let mut init = tiny_dit();
+    init["init_from"] = "../run/dit/model".into();
+    init["temporal_weight"] = 1.0.into();
+    std::fs::create_dir_all(d.join("cfg")).unwrap();
+    write(&d.join("cfg/init.json"), &init);
+    let out = ok(ciak(&d, &["train", "dit", "--config", "cfg/init.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/init", "--stop-at", "1", "--log-every", "1"]));
+    assert!(out.contains("dit: step 1/3"), "{out}");
+
     // joint image training: image steps say so in the progress line
     let mut img = tiny_dit();
     img["image_steps"] = serde_json::json!({"share": 1.0, "batches": 2});

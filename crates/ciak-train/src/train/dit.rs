@@ -11,7 +11,7 @@
 
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
-use super::flow::{drop_captions, flow_batch, mse, weighted_mse, SigmaSampling, TrainRng};
+use super::flow::{drop_captions, flow_batch, mse, temporal_mse, weighted_mse, SigmaSampling, TrainRng};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
@@ -151,6 +151,12 @@ pub struct DitTrainConfig {
     /// it the gradient is almost all background.
     #[serde(default)]
     pub foreground_weight: f64,
+    /// Weight of the motion term added to the loss on clip steps ([`temporal_mse`]: the
+    /// frame-to-frame change of the predicted clean clip's error, weighted like the main term).
+    /// The plain MSE lets a blob that stays where the object starts pass for most of a moving
+    /// object; this term charges it the object's travel. 0: off.
+    #[serde(default)]
+    pub temporal_weight: f64,
     /// Flow shift of the exported sampler and of the training noise levels.
     #[serde(default = "defaults::shift")]
     pub shift: f64,
@@ -304,6 +310,9 @@ impl DitTrainConfig {
         }
         if !(self.foreground_weight >= 0.0 && self.foreground_weight.is_finite()) {
             return Err(format!("expected foreground_weight >= 0, got {}", self.foreground_weight));
+        }
+        if !(self.temporal_weight >= 0.0 && self.temporal_weight.is_finite()) {
+            return Err(format!("expected temporal_weight >= 0, got {}", self.temporal_weight));
         }
         if !(0.0..=1.0).contains(&self.terminal_share) {
             return Err(format!("expected terminal_share in [0, 1], got {}", self.terminal_share));
@@ -579,7 +588,8 @@ impl DitModels {
     /// The flow-matching loss of one batch for given noise and noise levels (a scalar that
     /// tracks gradients).
     ///
-    /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean.
+    /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean;
+    /// `temporal_weight` > 0 adds that much of the motion term ([`temporal_mse`]) on clips.
     pub fn loss(
         &self,
         latents: &Tensor,
@@ -587,16 +597,24 @@ impl DitModels {
         noise: &Tensor,
         sigmas: &[f32],
         weights: Option<&Tensor>,
+        temporal_weight: f64,
     ) -> Result<Tensor> {
         let fb = flow_batch(latents, noise, sigmas)?;
         let context = self.encode_text(captions)?;
         // a frozen encoder needs no backward pass through it
         let context = if self.text_frozen { context.detach() } else { context };
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
-        match weights {
-            None => mse(&pred, &fb.target),
-            Some(w) => weighted_mse(&pred, &fb.target, w),
+        let main = match weights {
+            None => mse(&pred, &fb.target)?,
+            Some(w) => weighted_mse(&pred, &fb.target, w)?,
+        };
+        if temporal_weight == 0.0 {
+            return Ok(main);
         }
+        Ok(match temporal_mse(&pred, &fb.target, sigmas, weights)? {
+            Some(motion) => (main + (motion * temporal_weight)?)?,
+            None => main,
+        })
     }
 }
 
@@ -865,7 +883,7 @@ impl DitTrainer {
         mark("noise")?;
         let mut loss: Option<Tensor> = None;
         for (batch, (captions, sigmas, noise, weights)) in groups.iter().zip(&inputs) {
-            let part = self.models.loss(&batch.latents, captions, noise, sigmas, weights.as_ref())?;
+            let part = self.models.loss(&batch.latents, captions, noise, sigmas, weights.as_ref(), self.cfg.temporal_weight)?;
             // a group's share of the images (1 for a clip step: exact, the same bits as no scaling)
             let part = (part * (batch.captions.len() as f64 / samples as f64))?;
             loss = Some(match loss {
@@ -1221,6 +1239,7 @@ mod tests {
             (("\"batch_size\": 4", "\"batch_size\": 0"), "batch_size"),
             (("\"seed\": 7,", ""), "seed"),
             (("\"lr\": 3e-4", "\"lr\": 3e-4, \"terminal_share\": 1.5"), "expected terminal_share in [0, 1], got 1.5"),
+            (("\"lr\": 3e-4", "\"lr\": 3e-4, \"temporal_weight\": -0.5"), "expected temporal_weight >= 0, got -0.5"),
         ] {
             std::fs::write(&path, MINIMAL.replace(edit.0, edit.1)).unwrap();
             let err = DitTrainConfig::from_file(&path).unwrap_err().to_string();

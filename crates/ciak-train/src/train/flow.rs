@@ -152,6 +152,40 @@ pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<
     Ok(((err * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
 }
 
+/// The motion term of the loss: the mean squared frame-to-frame change of the error in the
+/// clean clip the prediction implies, `sum(w' * (d_t(sigma * (pred - target)))^2) / sum(w')`.
+///
+/// `x0 = x_sigma - sigma * v`, so `sigma * (pred - target)` is the error of the predicted clean
+/// clip. Its part that is the same in every frame (a right object drawn in the wrong place for the
+/// whole clip) cancels in the frame difference; what is left is the error in how the clip changes
+/// over time: an object held still where it should travel costs its whole displacement here
+/// while the plain MSE spreads it among everything else. `weights` ([B, 1, F', H', W'], e.g. the
+/// object cells) are averaged over each pair of neighbouring frames. `None` for one-frame
+/// latents (images), which have no motion.
+pub fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], weights: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let frames = pred.dim(2)?;
+    if frames < 2 {
+        return Ok(None);
+    }
+    let b = pred.dim(0)?;
+    if sigmas.len() != b {
+        return Err(super::TrainError::Data(format!("temporal_mse: expected {b} sigmas, got {}", sigmas.len())));
+    }
+    let mut shape = vec![b];
+    shape.resize(pred.rank(), 1);
+    let s = Tensor::from_vec(sigmas.to_vec(), shape.as_slice(), pred.device())?;
+    let err = (pred.to_dtype(DType::F32)? - target)?.broadcast_mul(&s)?;
+    let step = (err.narrow(2, 1, frames - 1)? - err.narrow(2, 0, frames - 1)?)?.sqr()?;
+    Ok(Some(match weights {
+        None => step.mean_all()?,
+        Some(w) => {
+            let w = w.to_dtype(DType::F32)?;
+            let pair = ((w.narrow(2, 1, frames - 1)? + w.narrow(2, 0, frames - 1)?)? * 0.5)?.broadcast_as(step.shape())?;
+            ((step * &pair)?.sum_all()? / pair.sum_all()?.to_scalar::<f32>()? as f64)?
+        }
+    }))
+}
+
 /// Classifier-free-guidance dropout: each caption becomes `""` (the pipeline's default negative
 /// prompt) with probability `p`, so the model learns the unconditional velocity too.
 pub fn drop_captions(captions: &[String], p: f64, rng: &mut TrainRng) -> Vec<String> {
@@ -235,6 +269,35 @@ mod tests {
         let back = (&fb.noisy.get(1)? - (fb.target.get(1)? * 0.25)?)?;
         assert!(d(&back, &x0.get(1)?) < 1e-6);
         assert!(flow_batch(&x0, &noise, &[0.5]).is_err());
+        Ok(())
+    }
+
+    /// The motion term sees an error that changes between frames and not one that is the same in
+    /// every frame; it scales with sigma (the clean clip's error) and skips images.
+    #[test]
+    fn temporal_mse_sees_only_the_error_that_changes_over_time() -> Result<()> {
+        let dev = Device::Cpu;
+        let target = Tensor::zeros((2, 1, 3, 1, 2), DType::F32, &dev)?;
+        // sample 0: the same error in every frame; sample 1: an error in the last frame only
+        let pred = Tensor::from_vec(vec![1f32, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], (2, 1, 3, 1, 2), &dev)?;
+        let got = temporal_mse(&pred, &target, &[1.0, 0.5], None)?.unwrap().to_scalar::<f32>()?;
+        // sample 1's x0 error is 0.5 * 2 = 1 at one cell of the last frame: one squared step of 1
+        // among 2 samples x 2 frame pairs x 2 cells
+        assert!((got - 1.0 / 8.0).abs() < 1e-7, "{got}");
+        let constant = temporal_mse(&pred.narrow(0, 0, 1)?, &target.narrow(0, 0, 1)?, &[1.0], None)?.unwrap();
+        assert_eq!(constant.to_scalar::<f32>()?, 0.0);
+        // weights on the changing cell's pair count it (w 3 on both frames of the pair 1-2)
+        let mut w = vec![1f32; 12];
+        w[6 + 2 * 2] = 3.0;
+        w[6 + 2] = 3.0;
+        let w = Tensor::from_vec(w, (2, 1, 3, 1, 2), &dev)?;
+        let weighted = temporal_mse(&pred, &target, &[1.0, 0.5], Some(&w))?.unwrap().to_scalar::<f32>()?;
+        // pair weights: six of 1, sample 1's cell 0 at frames 0-1 (1 + 3) / 2 = 2, and at frames
+        // 1-2 3, which holds the step
+        assert!((weighted - 3.0 / 11.0).abs() < 1e-6, "{weighted}");
+        let image = Tensor::zeros((1, 1, 1, 1, 2), DType::F32, &dev)?;
+        assert!(temporal_mse(&image, &image, &[1.0], None)?.is_none());
+        assert!(temporal_mse(&pred, &target, &[1.0], None).is_err());
         Ok(())
     }
 
