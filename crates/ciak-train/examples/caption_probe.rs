@@ -3,13 +3,23 @@
 //! caption and the empty caption. A model that follows its text predicts x0 much better with
 //! the right caption at high noise, where the noisy latent says little.
 //!
-//! `cargo run --release -p ciak-train --example caption_probe -- MODEL_DIR [CLIPS]`
+//! It also splits the x0 error on the objects' latent cells by latent frame, for scenes whose
+//! first object moves and for those whose objects stay still: where a model draws the first
+//! frame (encoded alone, like an image) and not the frames that pack motion, the moving row rises
+//! after frame 0 and the still row does not.
+//!
+//! `cargo run --release -p ciak-train --example caption_probe -- MODEL_DIR [CLIPS] [WORLD.json]`
+//!
+//! WORLD.json (as `ciak train latents --world`) draws the held-out scenes from a narrowed world,
+//! e.g. the one the model trained on; default: the whole world.
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_train::train::flow::{flow_batch, TrainRng};
-use ciak_train::train::vae::{clip_tensor, eval_scene};
-use ciak_train::{canonical_caption, render};
+use ciak_train::train::foreground::foreground_mask;
+use ciak_train::train::vae::{clip_tensor, eval_scene_in};
+use ciak_train::world::scene::Motion;
+use ciak_train::{canonical_caption, render, SamplerConfig};
 
 fn mean_square(t: &Tensor) -> f32 {
     t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
@@ -30,7 +40,14 @@ fn main() {
     let clips: u64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(6);
     let dev = Device::Cpu;
     let pipe = WanPipeline::load(&WanModelDir::open(&model).unwrap(), &LoadOptions::default()).unwrap();
-    let scenes: Vec<_> = (0..clips).map(|i| eval_scene(1, i)).collect();
+    let world = match args.get(3) {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            SamplerConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+        None => SamplerConfig::default(),
+    };
+    let scenes: Vec<_> = (0..clips).map(|i| eval_scene_in(1, i, &world)).collect();
     let captions: Vec<String> = scenes.iter().map(canonical_caption).collect();
     let embeds: Vec<Tensor> =
         captions.iter().map(|c| pipe.text_encoder.encode(&[c.clone()]).unwrap().prompt_embeds).collect();
@@ -60,6 +77,9 @@ fn main() {
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     // x0 error with the own caption per latent frame (frame 0 is the first video frame alone)
     let mut frame_sums: Vec<Vec<f32>> = vec![Vec::new(); sigmas.len()];
+    // the same on the objects' cells only: [moving, still][sigma] -> (error sum, cell count) per frame
+    let mut object_sums: [Vec<Vec<(f32, f32)>>; 2] = [vec![Vec::new(); sigmas.len()], vec![Vec::new(); sigmas.len()]];
+    let mut object_scenes = [0usize; 2];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
         let other = (1..scenes.len()).map(|k| (i + k) % scenes.len()).find(|&j| scenes[j].aspect == scene.aspect);
@@ -72,6 +92,10 @@ fn main() {
         baselines[1] += mse(&z, &z_mean.broadcast_as(z.shape()).unwrap()) / clips as f32;
         baselines[2] += mean_square(&z_mean) / clips as f32;
         let noise = TrainRng::new(i as u64).gaussian(z.dims(), &dev).unwrap();
+        let (lf, lh, lw) = (z.dim(2).unwrap(), z.dim(3).unwrap(), z.dim(4).unwrap());
+        let mask = Tensor::from_vec(foreground_mask(scene, lf, lh, lw).unwrap(), (1, 1, lf, lh, lw), &dev).unwrap();
+        let kind = usize::from(scene.objects.first().is_none_or(|o| o.motion == Motion::Still));
+        object_scenes[kind] += 1;
         let pure: Vec<Tensor> = [i as u64, 1000 + i as u64]
             .iter()
             .map(|&seed| {
@@ -99,6 +123,15 @@ fn main() {
                     for (f, acc) in row.iter_mut().enumerate().take(frames) {
                         *acc += mse(&x0.narrow(2, f, 1).unwrap(), &z.narrow(2, f, 1).unwrap()) / clips as f32;
                     }
+                    let row = &mut object_sums[kind][si];
+                    row.resize(row.len().max(frames), (0.0, 0.0));
+                    let err = (&x0 - &z).unwrap().sqr().unwrap().sum_keepdim(1).unwrap();
+                    for (f, acc) in row.iter_mut().enumerate().take(frames) {
+                        let m = mask.narrow(2, f, 1).unwrap();
+                        let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
+                        acc.0 += sum(&(err.narrow(2, f, 1).unwrap() * &m).unwrap());
+                        acc.1 += sum(&m) * z.dim(1).unwrap() as f32;
+                    }
                 }
                 if s == 1.0 && ci < 2 {
                     scene_rows[i][ci] = background;
@@ -119,6 +152,16 @@ fn main() {
     for (si, s) in sigmas.iter().enumerate() {
         let cells: Vec<String> = frame_sums[si].iter().map(|e| format!("{e:.4}")).collect();
         println!("{s:5}   {}", cells.join("  "));
+    }
+    for (kind, name) in ["moving", "still"].iter().enumerate() {
+        println!("objects' cells only, by latent frame, own caption, {} scenes whose first object is {name}:", object_scenes[kind]);
+        for (si, s) in sigmas.iter().enumerate() {
+            let cells: Vec<String> = object_sums[kind][si]
+                .iter()
+                .map(|&(e, n)| if n > 0.0 { format!("{:.4}", e / n) } else { "   -  ".into() })
+                .collect();
+            println!("{s:5}   {}", cells.join("  "));
+        }
     }
     println!(
         "sigma 1, own caption, two noise draws: noise-dependent part of x0 {:.4}, error of the two-draw mean {:.4}",
