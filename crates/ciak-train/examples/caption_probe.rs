@@ -6,7 +6,9 @@
 //! It also splits the x0 error on the objects' latent cells by latent frame, for scenes whose
 //! first object moves and for those whose objects stay still: where a model draws the first
 //! frame (encoded alone, like an image) and not the frames that pack motion, the moving row rises
-//! after frame 0 and the still row does not.
+//! after frame 0 and the still row does not. A third row gives the moving scenes' error with the
+//! first object's direction reversed in the caption ("left" for "right", "grows" for "shrinks"):
+//! a model that reads the motion words is worse there on the later frames.
 //!
 //! `cargo run --release -p ciak-train --example caption_probe -- MODEL_DIR [CLIPS] [WORLD.json]`
 //!
@@ -32,6 +34,24 @@ fn mse(a: &Tensor, b: &Tensor) -> f32 {
 /// Each channel's mean over frames, height and width: [B, C, F, H, W] -> [B, C, 1, 1, 1].
 fn clip_mean(t: &Tensor) -> Tensor {
     t.mean_keepdim(4).unwrap().mean_keepdim(3).unwrap().mean_keepdim(2).unwrap()
+}
+
+/// The opposite motion, where there is one (straight lines, grow and shrink).
+fn reverse(motion: Motion) -> Option<Motion> {
+    use Motion::*;
+    Some(match motion {
+        Left => Right,
+        Right => Left,
+        Up => Down,
+        Down => Up,
+        UpLeft => DownRight,
+        DownRight => UpLeft,
+        UpRight => DownLeft,
+        DownLeft => UpRight,
+        Grow => Shrink,
+        Shrink => Grow,
+        Bounce | Still | Spin => return None,
+    })
 }
 
 fn main() {
@@ -77,9 +97,10 @@ fn main() {
     let sigmas = [0.3f64, 0.7, 0.95, 0.99, 1.0];
     // x0 error with the own caption per latent frame (frame 0 is the first video frame alone)
     let mut frame_sums: Vec<Vec<f32>> = vec![Vec::new(); sigmas.len()];
-    // the same on the objects' cells only: [moving, still][sigma] -> (error sum, cell count) per frame
-    let mut object_sums: [Vec<Vec<(f32, f32)>>; 2] = [vec![Vec::new(); sigmas.len()], vec![Vec::new(); sigmas.len()]];
-    let mut object_scenes = [0usize; 2];
+    // the same on the objects' cells only: [moving, still, one-way movers (own caption), the same
+    // with the direction reversed in the caption][sigma] -> (error sum, cell count) per frame
+    let mut object_sums: [Vec<Vec<(f32, f32)>>; 4] = std::array::from_fn(|_| vec![Vec::new(); sigmas.len()]);
+    let mut object_scenes = [0usize; 4];
     for (i, scene) in scenes.iter().enumerate() {
         // same-shape other scene for the wrong caption
         let other = (1..scenes.len()).map(|k| (i + k) % scenes.len()).find(|&j| scenes[j].aspect == scene.aspect);
@@ -96,6 +117,25 @@ fn main() {
         let mask = Tensor::from_vec(foreground_mask(scene, lf, lh, lw).unwrap(), (1, 1, lf, lh, lw), &dev).unwrap();
         let kind = usize::from(scene.objects.first().is_none_or(|o| o.motion == Motion::Still));
         object_scenes[kind] += 1;
+        let reversed = scene.objects.first().and_then(|o| reverse(o.motion)).map(|motion| {
+            let mut flipped = scene.clone();
+            flipped.objects[0].motion = motion;
+            object_scenes[2] += 1;
+            object_scenes[3] += 1;
+            pipe.text_encoder.encode(&[canonical_caption(&flipped)]).unwrap().prompt_embeds
+        });
+        // adds x0's squared error on the objects' cells, per latent frame, to `row`
+        let add_object_error = |row: &mut Vec<(f32, f32)>, x0: &Tensor| {
+            let frames = z.dim(2).unwrap();
+            row.resize(row.len().max(frames), (0.0, 0.0));
+            let err = (x0 - &z).unwrap().sqr().unwrap().sum_keepdim(1).unwrap();
+            let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            for (f, acc) in row.iter_mut().enumerate().take(frames) {
+                let m = mask.narrow(2, f, 1).unwrap();
+                acc.0 += sum(&(err.narrow(2, f, 1).unwrap() * &m).unwrap());
+                acc.1 += sum(&m) * z.dim(1).unwrap() as f32;
+            }
+        };
         let pure: Vec<Tensor> = [i as u64, 1000 + i as u64]
             .iter()
             .map(|&seed| {
@@ -123,19 +163,18 @@ fn main() {
                     for (f, acc) in row.iter_mut().enumerate().take(frames) {
                         *acc += mse(&x0.narrow(2, f, 1).unwrap(), &z.narrow(2, f, 1).unwrap()) / clips as f32;
                     }
-                    let row = &mut object_sums[kind][si];
-                    row.resize(row.len().max(frames), (0.0, 0.0));
-                    let err = (&x0 - &z).unwrap().sqr().unwrap().sum_keepdim(1).unwrap();
-                    for (f, acc) in row.iter_mut().enumerate().take(frames) {
-                        let m = mask.narrow(2, f, 1).unwrap();
-                        let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
-                        acc.0 += sum(&(err.narrow(2, f, 1).unwrap() * &m).unwrap());
-                        acc.1 += sum(&m) * z.dim(1).unwrap() as f32;
+                    add_object_error(&mut object_sums[kind][si], &x0);
+                    if reversed.is_some() {
+                        add_object_error(&mut object_sums[2][si], &x0);
                     }
                 }
                 if s == 1.0 && ci < 2 {
                     scene_rows[i][ci] = background;
                 }
+            }
+            if let Some(ctx) = &reversed {
+                let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, ctx, None).unwrap();
+                add_object_error(&mut object_sums[3][si], &(&fb.noisy - (v * s).unwrap()).unwrap());
             }
         }
     }
@@ -153,8 +192,14 @@ fn main() {
         let cells: Vec<String> = frame_sums[si].iter().map(|e| format!("{e:.4}")).collect();
         println!("{s:5}   {}", cells.join("  "));
     }
-    for (kind, name) in ["moving", "still"].iter().enumerate() {
-        println!("objects' cells only, by latent frame, own caption, {} scenes whose first object is {name}:", object_scenes[kind]);
+    let rows = [
+        "own caption, scenes whose first object is moving",
+        "own caption, scenes whose first object is still",
+        "own caption, scenes whose first object moves (or grows, shrinks) one way",
+        "the same scenes, the first object's direction reversed in the caption",
+    ];
+    for (kind, name) in rows.iter().enumerate() {
+        println!("objects' cells only, by latent frame, {} scenes, {name}:", object_scenes[kind]);
         for (si, s) in sigmas.iter().enumerate() {
             let cells: Vec<String> = object_sums[kind][si]
                 .iter()
