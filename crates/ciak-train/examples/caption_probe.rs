@@ -125,15 +125,15 @@ fn main() {
             pipe.text_encoder.encode(&[canonical_caption(&flipped)]).unwrap().prompt_embeds
         });
         // adds x0's squared error on the objects' cells, per latent frame, to `row`
+        let channels = z.dim(1).unwrap() as f32;
         let add_object_error = |row: &mut Vec<(f32, f32)>, x0: &Tensor| {
-            let frames = z.dim(2).unwrap();
-            row.resize(row.len().max(frames), (0.0, 0.0));
+            row.resize(row.len().max(lf), (0.0, 0.0));
             let err = (x0 - &z).unwrap().sqr().unwrap().sum_keepdim(1).unwrap();
             let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
-            for (f, acc) in row.iter_mut().enumerate().take(frames) {
+            for (f, acc) in row.iter_mut().enumerate().take(lf) {
                 let m = mask.narrow(2, f, 1).unwrap();
                 acc.0 += sum(&(err.narrow(2, f, 1).unwrap() * &m).unwrap());
-                acc.1 += sum(&m) * z.dim(1).unwrap() as f32;
+                acc.1 += sum(&m) * channels;
             }
         };
         let pure: Vec<Tensor> = [i as u64, 1000 + i as u64]

@@ -233,11 +233,11 @@ pub fn read_dit_settings(path: &Path, out: &Path) -> Result<DitRunSettings> {
     }
     let mut train: DitTrainConfig =
         serde_json::from_value(value).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
-    if tokenizer.is_none() {
-        train.tokenizer = base.join(&train.tokenizer);
+    train.resolve_paths(base);
+    // the built-in tokenizer was written into `out`, a path from the working directory
+    if let Some(file) = tokenizer {
+        train.tokenizer = file;
     }
-    train.vae = train.vae.map(|v| base.join(v));
-    train.init_from = train.init_from.map(|v| base.join(v));
     train.validate().map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?;
     Ok(DitRunSettings { train, generation, latent_clips, latent_seed, sampler })
 }

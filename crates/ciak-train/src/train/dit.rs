@@ -262,12 +262,17 @@ impl DitTrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let mut cfg: Self =
             serde_json::from_str(&text).map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.tokenizer = base.join(&cfg.tokenizer);
-        cfg.vae = cfg.vae.map(|v| base.join(v));
-        cfg.init_from = cfg.init_from.map(|v| base.join(v));
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
         Ok(cfg)
+    }
+
+    /// Takes the config's relative paths (`tokenizer`, `vae`, `init_from`) from `base`, the
+    /// folder of the file it was read from; absolute paths stay as they are.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.tokenizer = base.join(&self.tokenizer);
+        self.vae = self.vae.take().map(|v| base.join(v));
+        self.init_from = self.init_from.take().map(|v| base.join(v));
     }
 
     /// Checks the values that would otherwise fail deep inside a run.

@@ -129,14 +129,25 @@ pub fn flow_batch(x0: &Tensor, noise: &Tensor, sigmas: &[f32]) -> Result<FlowBat
         )));
     }
     let x0 = x0.to_dtype(DType::F32)?;
-    let mut shape = vec![b];
-    shape.resize(x0.rank(), 1);
-    let s = Tensor::from_vec(sigmas.to_vec(), shape.as_slice(), x0.device())?;
-    let one_minus = Tensor::from_vec(sigmas.iter().map(|s| 1.0 - s).collect::<Vec<f32>>(), shape.as_slice(), x0.device())?;
+    let s = per_sample(sigmas.to_vec(), &x0)?;
+    let one_minus = per_sample(sigmas.iter().map(|s| 1.0 - s).collect(), &x0)?;
     let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&s)?)?;
     let target = (noise - &x0)?;
     let timesteps = Tensor::from_vec(sigmas.iter().map(|&s| timestep_of(s)).collect::<Vec<f32>>(), b, x0.device())?;
     Ok(FlowBatch { noisy, target, timesteps })
+}
+
+/// One value per sample as a `[B, 1, ..., 1]` tensor of `like`'s rank, to broadcast over it.
+fn per_sample(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![values.len()];
+    shape.resize(like.rank(), 1);
+    Ok(Tensor::from_vec(values, shape.as_slice(), like.device())?)
+}
+
+/// `sum(w * values) / sum(w)` over every element, with `weights` broadcast to `values`' shape.
+fn weighted_mean(values: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let w = weights.broadcast_as(values.shape())?.to_dtype(DType::F32)?;
+    Ok(((values * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
 }
 
 /// Mean squared error over every element (f32 scalar).
@@ -147,9 +158,7 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// `sum(w * (pred - target)^2) / sum(w)` over every element, with `weights` broadcast to the
 /// prediction's shape (f32 scalar). Equal weights give [`mse`].
 pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let w = weights.broadcast_as(pred.shape())?.to_dtype(DType::F32)?;
-    let err = (pred.to_dtype(DType::F32)? - target)?.sqr()?;
-    Ok(((err * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
+    weighted_mean(&(pred.to_dtype(DType::F32)? - target)?.sqr()?, weights)
 }
 
 /// The motion term of the loss: the mean squared frame-to-frame change of the error in the
@@ -171,17 +180,13 @@ pub fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], weights: Opt
     if sigmas.len() != b {
         return Err(super::TrainError::Data(format!("temporal_mse: expected {b} sigmas, got {}", sigmas.len())));
     }
-    let mut shape = vec![b];
-    shape.resize(pred.rank(), 1);
-    let s = Tensor::from_vec(sigmas.to_vec(), shape.as_slice(), pred.device())?;
-    let err = (pred.to_dtype(DType::F32)? - target)?.broadcast_mul(&s)?;
+    let err = (pred.to_dtype(DType::F32)? - target)?.broadcast_mul(&per_sample(sigmas.to_vec(), pred)?)?;
     let step = (err.narrow(2, 1, frames - 1)? - err.narrow(2, 0, frames - 1)?)?.sqr()?;
     Ok(Some(match weights {
         None => step.mean_all()?,
         Some(w) => {
             let w = w.to_dtype(DType::F32)?;
-            let pair = ((w.narrow(2, 1, frames - 1)? + w.narrow(2, 0, frames - 1)?)? * 0.5)?.broadcast_as(step.shape())?;
-            ((step * &pair)?.sum_all()? / pair.sum_all()?.to_scalar::<f32>()? as f64)?
+            weighted_mean(&step, &((w.narrow(2, 1, frames - 1)? + w.narrow(2, 0, frames - 1)?)? * 0.5)?)?
         }
     }))
 }
