@@ -115,6 +115,10 @@ pub struct GenerationDefaults {
     /// Guidance only below this noise level (sigma); see `GenerateRequest::guidance_below`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance_below: Option<f64>,
+    /// Draw the first latent frame first, then the clip from it; see
+    /// `GenerateRequest::image_first`. Only for models trained for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub image_first: bool,
     pub negative_prompt: String,
     /// Sizes (width, height) the model was trained at, one per aspect ratio; `--aspect` picks the
     /// one whose ratio matches. Empty: sizes of the default's area are derived.
@@ -133,6 +137,7 @@ impl Default for GenerationDefaults {
             steps: 50,
             guidance: 5.0,
             guidance_below: None,
+            image_first: false,
             negative_prompt: String::new(),
             sizes: Vec::new(),
         }

@@ -43,6 +43,11 @@ pub struct GenerateRequest {
     /// at the highest noise levels pulls every sample toward the caption's mean clip; a model that
     /// has not learned to place objects then draws none (docs/training.md). `None`: every step.
     pub guidance_below: Option<f64>,
+    /// Image first: draw the first latent frame alone (a one-frame clip, i.e. an image), then the
+    /// clip with that frame held clean, as image-to-video does (Wan2.2 TI2V: the condition frame's
+    /// tokens at timestep 0). For models trained with clean first frames (`first_frame_share`);
+    /// a one-latent-frame request is drawn in one pass either way.
+    pub image_first: bool,
     /// Replaces the checkpoint scheduler's flow shift.
     pub shift: Option<f64>,
     /// Replaces the checkpoint scheduler's family (same shift and training timesteps).
@@ -64,6 +69,7 @@ impl GenerateRequest {
             steps: 50,
             guidance: 5.0,
             guidance_below: None,
+            image_first: false,
             shift: None,
             scheduler: None,
             seed: 0,
@@ -200,7 +206,7 @@ impl WanPipeline {
         timings.push(("text", start.elapsed()));
 
         let start = Instant::now();
-        let latents = denoise(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
+        let latents = sample(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
             if step > 0 {
                 progress(&Progress::Denoising { step, total, elapsed: start.elapsed() });
             }
@@ -225,9 +231,38 @@ impl WanPipeline {
     }
 }
 
+/// Sampling as the request asks: one denoising pass over the whole clip, or with
+/// `image_first` two, the first latent frame alone and then the clip held to it. `on_step` counts
+/// the steps of both passes as one run (`total` = passes x steps).
+///
+/// Shapes: as [`denoise`].
+pub fn sample(
+    transformer: &WanTransformer3DModel,
+    scheduler: &SchedulerConfig,
+    req: &GenerateRequest,
+    latents: Tensor,
+    context: &Tensor,
+    on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Tensor> {
+    if !(req.image_first && latents.dim(2)? > 1) {
+        return denoise(transformer, scheduler, req, latents, context, None, on_step);
+    }
+    let first = denoise(transformer, scheduler, req, latents.narrow(2, 0, 1)?, context, None, &mut |k, total| {
+        on_step(k, 2 * total)
+    })?;
+    denoise(transformer, scheduler, req, latents, context, Some(&first), &mut |k, total| match k {
+        0 => Ok(()),
+        k => on_step(total + k, 2 * total),
+    })
+}
+
 /// The denoising loop: classifier-free guidance (both branches in one batch) and the scheduler,
 /// from `latents` to the final latents (f32). `on_step(k, total)` is called before the first
 /// step with k = 0 and after each step k; an error from it stops the loop (cancellation).
+///
+/// `first_frame` ([1, C, 1, h, w], clean) holds the first latent frame fixed, as diffusers'
+/// Wan2.2 image-to-video does with `expand_timesteps`: it replaces that frame in every model
+/// input, its tokens get timestep 0, and it replaces the frame in the result.
 ///
 /// Shapes: latents [1, C, F', h, w], context [1 or 2, L, text_dim] (cond, then uncond) -> latents.
 pub fn denoise(
@@ -236,6 +271,7 @@ pub fn denoise(
     req: &GenerateRequest,
     latents: Tensor,
     context: &Tensor,
+    first_frame: Option<&Tensor>,
     on_step: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Tensor> {
     let config = match req.scheduler {
@@ -246,29 +282,78 @@ pub fn denoise(
     let mut latents = latents.to_dtype(DType::F32)?;
     let (dtype, device) = (transformer.dtype(), latents.device().clone());
     let do_cfg = req.guidance > 1.0;
+    let first_frame = match first_frame {
+        Some(f) => Some(FirstFrame::new(f, &latents, transformer.config().patch_size)?),
+        None => None,
+    };
     let total = scheduler.len();
     on_step(0, total)?;
     for i in 0..total {
         let _span = tracing::info_span!("step", i, total).entered();
-        let t = scheduler.timesteps()[i];
-        let x = latents.to_dtype(dtype)?;
+        let t = scheduler.timesteps()[i] as f32;
+        let x = match &first_frame {
+            Some(c) => c.hold(&latents)?,
+            None => latents.clone(),
+        }
+        .to_dtype(dtype)?;
         let sigma = scheduler.sigmas()[i];
         let guided = do_cfg && req.guidance_below.is_none_or(|below| sigma < below);
+        let batch = if guided { 2 } else { 1 };
+        let timesteps = match &first_frame {
+            Some(c) => c.timesteps(t, batch, &device)?,
+            None => Tensor::new(vec![t; batch], &device)?,
+        };
         let velocity = if guided {
             // Both guidance branches in one batch: same math as two passes, one weight read.
             let x2 = Tensor::cat(&[&x, &x], 0)?;
-            let t2 = Tensor::new(&[t as f32, t as f32], &device)?;
-            let v = transformer.forward(&x2, &t2, context, None)?.to_dtype(DType::F32)?;
+            let v = transformer.forward(&x2, &timesteps, context, None)?.to_dtype(DType::F32)?;
             let (cond, uncond) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
             (&uncond + ((cond - &uncond)? * req.guidance)?)?
         } else {
-            let t1 = Tensor::new(&[t as f32], &device)?;
-            transformer.forward(&x, &t1, &context.narrow(0, 0, 1)?, None)?.to_dtype(DType::F32)?
+            transformer.forward(&x, &timesteps, &context.narrow(0, 0, 1)?, None)?.to_dtype(DType::F32)?
         };
         latents = scheduler.step(&velocity, i, &latents)?;
         on_step(i + 1, total)?;
     }
-    Ok(latents)
+    match &first_frame {
+        Some(c) => c.hold(&latents),
+        None => Ok(latents),
+    }
+}
+
+/// A clean first latent frame held fixed through denoising (see [`denoise`]).
+struct FirstFrame {
+    /// [1, C, 1, h, w] f32.
+    latent: Tensor,
+    frames: usize,
+    tokens_per_frame: usize,
+}
+
+impl FirstFrame {
+    fn new(latent: &Tensor, latents: &Tensor, patch: [usize; 3]) -> Result<Self> {
+        let (b, c, frames, h, w) = latents.dims5()?;
+        let want = (b, c, 1, h, w);
+        if latent.dims5()? != want || frames < 2 || patch[0] != 1 {
+            return Err(CiakError::InvalidRequest(format!(
+                "expected a first frame of shape {want:?} for latents {:?} with temporal patch 1, got {:?} and patch {patch:?}",
+                latents.dims(),
+                latent.dims()
+            )));
+        }
+        Ok(Self { latent: latent.to_dtype(DType::F32)?, frames, tokens_per_frame: (h / patch[1]) * (w / patch[2]) })
+    }
+
+    /// `latents` with the first frame replaced by the clean one.
+    fn hold(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::cat(&[&self.latent, &latents.narrow(2, 1, self.frames - 1)?], 2)?)
+    }
+
+    /// Per-token timesteps [batch, tokens]: 0 on the first frame's tokens, `t` elsewhere.
+    fn timesteps(&self, t: f32, batch: usize, device: &Device) -> Result<Tensor> {
+        let first = self.tokens_per_frame;
+        let row: Vec<f32> = (0..self.frames * first).map(|k| if k < first { 0.0 } else { t }).collect();
+        Ok(Tensor::new(row, device)?.unsqueeze(0)?.repeat((batch, 1))?)
+    }
 }
 
 /// Latents to frames: un-normalise, VAE decode (tiled if asked), map [-1, 1] to [0, 1].

@@ -20,6 +20,9 @@ pub struct Recipe {
     /// Guidance only below this noise level; absent: at every step (and in older recipes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_below: Option<f64>,
+    /// The first latent frame drawn first (`GenerateRequest::image_first`); absent: one pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_first: bool,
     pub seed: u64,
     pub width: usize,
     pub height: usize,

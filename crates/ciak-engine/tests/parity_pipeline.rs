@@ -102,6 +102,39 @@ fn a_guidance_interval_guides_only_the_steps_below_it() {
     }
 }
 
+/// Image first: the clip's first latent frame is exactly the one-frame clip drawn from the same
+/// noise, held fixed while the rest is drawn; the rest differs from a one-pass clip, and progress
+/// counts both passes.
+#[test]
+fn image_first_draws_the_first_frame_alone_then_holds_it() {
+    let pipe = pipeline(DType::F32);
+    let req = GenerateRequest { guidance: 5.0, ..small_request(4) };
+    let noise = ciak_engine::noise::gaussian(4, pipe.latent_shape(&req), &Device::Cpu).unwrap();
+    assert!(noise.dim(2).unwrap() > 1);
+    let image_first = GenerateRequest { image_first: true, ..req.clone() };
+    let mut steps = Vec::new();
+    let out = pipe
+        .generate_from_latents(
+            &image_first,
+            noise.clone(),
+            &mut |p| {
+                if let Progress::Denoising { step, total, .. } = p {
+                    steps.push((*step, *total));
+                }
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(steps, (1..=6).map(|k| (k, 6)).collect::<Vec<_>>());
+    let image = GenerateRequest { frames: 1, ..req.clone() };
+    let alone = pipe.generate_from_latents(&image, noise.narrow(2, 0, 1).unwrap(), &mut |_| {}, None).unwrap();
+    assert_eq!(bits(&out.latents.narrow(2, 0, 1).unwrap()), bits(&alone.latents));
+    let one_pass = pipe.generate_from_latents(&req, noise, &mut |_| {}, None).unwrap();
+    let rest = |t: &Tensor| bits(&t.narrow(2, 1, t.dim(2).unwrap() - 1).unwrap());
+    assert_ne!(rest(&out.latents), rest(&one_pass.latents));
+    assert_eq!(out.frames.dims(), one_pass.frames.dims());
+}
+
 #[test]
 fn progress_reports_every_step_and_cancel_stops_the_run() {
     let pipe = pipeline(DType::F32);

@@ -14,10 +14,14 @@
 //!
 //! WORLD.json (as `ciak train latents --world`) draws the held-out scenes from a narrowed world,
 //! e.g. the one the model trained on; default: the whole world.
+//!
+//! `PROBE_CLEAN_FIRST=1` gives the model every scene's first latent frame clean, at timestep 0
+//! (`flow::condition_first_frames`, what image-first sampling and `first_frame_share` training
+//! do): the later frames' rows then show how well the model carries a given first frame on.
 use candle_core::{Device, Tensor};
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
-use ciak_train::train::flow::{flow_batch, TrainRng};
+use ciak_train::train::flow::{condition_first_frames, flow_batch, FlowBatch, TrainRng};
 use ciak_train::train::foreground::foreground_mask;
 use ciak_train::train::vae::{clip_tensor, eval_scene_in};
 use ciak_train::world::scene::Motion;
@@ -67,6 +71,21 @@ fn main() {
         }
         None => SamplerConfig::default(),
     };
+    let clean_first = std::env::var("PROBE_CLEAN_FIRST").is_ok_and(|v| v == "1");
+    let [_, ph, pw] = pipe.transformer.config().patch_size;
+    // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000 (frame 0 clean
+    // and at timestep 0 with PROBE_CLEAN_FIRST)
+    let noised = |z: &Tensor, n: &Tensor, s: f32| -> FlowBatch {
+        let fb = flow_batch(z, n, &[s]).unwrap();
+        if !clean_first {
+            return fb;
+        }
+        let tokens = (z.dim(3).unwrap() / ph) * (z.dim(4).unwrap() / pw);
+        condition_first_frames(fb, z, &[true], tokens).unwrap().0
+    };
+    if clean_first {
+        println!("first latent frame given clean (timestep 0) in every x0 prediction below; its own column (0) means nothing then");
+    }
     let scenes: Vec<_> = (0..clips).map(|i| eval_scene_in(1, i, &world)).collect();
     let captions: Vec<String> = scenes.iter().map(canonical_caption).collect();
     let embeds: Vec<Tensor> =
@@ -140,7 +159,7 @@ fn main() {
             .iter()
             .map(|&seed| {
                 let n = TrainRng::new(seed).gaussian(z.dims(), &dev).unwrap();
-                let fb = flow_batch(&z, &n, &[1.0]).unwrap();
+                let fb = noised(&z, &n, 1.0);
                 let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, &embeds[i], None).unwrap();
                 (&fb.noisy - v).unwrap()
             })
@@ -148,8 +167,7 @@ fn main() {
         leak[0] += mse(&pure[0], &pure[1]) / 2.0 / clips as f32;
         leak[1] += mse(&((&pure[0] + &pure[1]).unwrap() * 0.5).unwrap(), &z) / clips as f32;
         for (si, &s) in sigmas.iter().enumerate() {
-            // the trainer's own noising: x_s = (1 - s) x0 + s noise, timestep s * 1000
-            let fb = flow_batch(&z, &noise, &[s as f32]).unwrap();
+            let fb = noised(&z, &noise, s as f32);
             for (ci, ctx) in [&embeds[i], wrong, &empty].into_iter().enumerate() {
                 let v = pipe.transformer.forward(&fb.noisy, &fb.timesteps, ctx, None).unwrap();
                 let x0 = (&fb.noisy - (v * s).unwrap()).unwrap();

@@ -209,6 +209,7 @@ fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize
         caption_dropout: if terminal_share < 1.0 { 0.1 } else { 0.0 },
         foreground_weight: knob("PROBE_FOREGROUND", 0.0),
         temporal_weight: 0.0,
+        first_frame_share: 0.0,
         shift: knob("PROBE_TRAIN_SHIFT", 3.0),
         sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share,

@@ -81,6 +81,7 @@ fn model_source_runs_the_pipeline_and_vae_roundtrip() {
         steps: 2,
         guidance: 5.0,
         guidance_below: None,
+        image_first: false,
         seed: 7,
         negative_prompt: String::new(),
     };

@@ -187,8 +187,8 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     // with the motion term on (two latent frames), which adds to the plain loss
-    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5).unwrap();
-    let plain = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0).unwrap();
+    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[]).unwrap();
+    let plain = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[]).unwrap();
     let (with, without) = (loss.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
     assert!(with > without, "motion term: {with} against the plain loss {without}");
     let grads = loss.backward().unwrap();
@@ -198,4 +198,33 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
         assert!(max.is_finite() && max > 0.0, "`{}`: max |grad| {max}", p.name);
     }
     eprintln!("trainer: {} parameters receive gradients", trainer.params().len());
+}
+
+/// With a clean first frame (`first_frame_share`), the first frame's noise reaches neither the
+/// model's input nor the loss; without it, it does. Gradients still reach every parameter.
+#[test]
+fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(dir.path()));
+    let dev = Device::Cpu;
+    let mut trainer = DitTrainer::new(&cfg, &dev).unwrap();
+    let captions = support::captions(2);
+    let mut source = ciak_train::train::dit::SyntheticLatents::new(1, [16, 3, 4, 4], captions.clone(), &dev).unwrap();
+    trainer.train_step(&mut source).unwrap();
+    let mut rng = TrainRng::new(8);
+    let x0 = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
+    let noise = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
+    let other_first = rng.gaussian(&[2, 16, 1, 4, 4], &dev).unwrap();
+    let noise2 = Tensor::cat(&[&other_first, &noise.narrow(2, 1, 2).unwrap()], 2).unwrap();
+    let loss = |noise: &Tensor, clean: &[bool]| {
+        trainer.models.loss(&x0, &captions, noise, &[0.7, 0.9], None, 0.5, clean).unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert_eq!(loss(&noise, &[true, true]), loss(&noise2, &[true, true]));
+    assert_ne!(loss(&noise, &[false, false]), loss(&noise2, &[false, false]));
+    assert_ne!(loss(&noise, &[true, false]), loss(&noise2, &[true, false]));
+    let l = trainer.models.loss(&x0, &captions, &noise, &[0.7, 0.9], None, 0.5, &[true, true]).unwrap();
+    let grads = l.backward().unwrap();
+    for p in trainer.params() {
+        assert!(grads.get(p.var.as_tensor()).is_some(), "`{}` got no gradient", p.name);
+    }
 }

@@ -66,6 +66,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         caption_dropout: 0.25,
         foreground_weight: 0.0,
         temporal_weight: 0.0,
+        first_frame_share: 0.0,
         shift: 3.0,
         sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share: 0.0,

@@ -29,6 +29,10 @@ pub struct EvalArgs {
     /// Guidance only at noise levels (sigma) below this (default: the model's own).
     #[arg(long, value_name = "SIGMA")]
     pub guidance_below: Option<f64>,
+    /// Draw each clip's first latent frame first, then the clip from it (default: the model's
+    /// own, from its ciak.json)
+    #[arg(long, value_name = "BOOL")]
+    pub image_first: Option<bool>,
     /// Seed of the first prompt; prompt i of the set uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -159,6 +163,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             steps: args.steps.unwrap_or(defaults.steps),
             guidance: args.guidance.unwrap_or(defaults.guidance),
             guidance_below: args.guidance_below.or(defaults.guidance_below),
+            image_first: args.image_first.unwrap_or(defaults.image_first),
             seed: args.seed,
             negative_prompt: String::new(),
         }),

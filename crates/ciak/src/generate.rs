@@ -47,6 +47,10 @@ pub struct GenerateArgs {
     /// alone (default: the model's; none: every step)
     #[arg(long, value_name = "SIGMA")]
     pub guidance_below: Option<f64>,
+    /// Draw the first latent frame first, then the clip from it, as image-to-video does
+    /// (default: the model's; the built-in model's says whether it was trained for it)
+    #[arg(long, value_name = "BOOL")]
+    pub image_first: Option<bool>,
     /// Flow shift (default: the checkpoint scheduler's).
     #[arg(long)]
     pub shift: Option<f64>,
@@ -107,6 +111,7 @@ struct Plan {
     steps: usize,
     guidance: f64,
     guidance_below: Option<f64>,
+    image_first: bool,
     shift: Option<f64>,
     scheduler: Option<SchedulerKind>,
     seed: u64,
@@ -174,6 +179,7 @@ fn plan(args: &GenerateArgs, recipe: Option<&Recipe>, defaults: &GenerationDefau
             Some(r) => args.guidance_below.or(r.guidance_below),
             None => args.guidance_below.or(defaults.guidance_below),
         },
+        image_first: args.image_first.or(recipe.map(|r| r.image_first)).unwrap_or(defaults.image_first),
         shift: args.shift.or(recipe.map(|r| r.shift)),
         scheduler,
         seed,
@@ -249,6 +255,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         steps: plan.steps,
         guidance: plan.guidance,
         guidance_below: plan.guidance_below,
+        image_first: plan.image_first,
         shift,
         scheduler,
         seed,
@@ -320,6 +327,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             shift,
             guidance: plan.guidance,
             guidance_below: plan.guidance_below,
+            image_first: plan.image_first,
             seed,
             width,
             height,

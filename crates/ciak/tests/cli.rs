@@ -91,9 +91,22 @@ fn a_guidance_interval_is_recorded_in_the_recipe_and_rerendered() {
     let recipe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("b.json")).unwrap()).unwrap();
     assert_eq!(recipe["guidance_below"], 0.5);
+    assert!(recipe.get("image_first").is_none(), "one pass, none recorded: {recipe}");
     let again = ciak(dir.path(), &["generate", "--recipe", "b.json", "-o", "c.mp4", "--frames-dir", "c"]);
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(std::fs::read(dir.path().join("c/frame_00004.png")).unwrap(), interval);
+    // image first: another clip, recorded, and the recipe renders it again
+    let image_first = run(&["-o", "d.mp4", "--image-first", "true"], "d");
+    assert_ne!(image_first, every_step, "drawing the first latent frame first changes the clip");
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("d.json")).unwrap()).unwrap();
+    assert_eq!(recipe["image_first"], true);
+    let again = ciak(dir.path(), &["generate", "--recipe", "d.json", "-o", "e.mp4", "--frames-dir", "e"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(std::fs::read(dir.path().join("e/frame_00004.png")).unwrap(), image_first);
+    let bad = ciak(dir.path(), &tiny_args(model, &["a red ball", "--image-first", "maybe", "-o", "f.mp4"]));
+    assert!(!bad.status.success() && stderr(&bad).contains("maybe"), "{}", stderr(&bad));
+    assert!(!dir.path().join("f.mp4").exists());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::error::{CiakError, Result};
 use crate::loader::{load_varbuilder, read_config, weights_error};
 use crate::model_dir::{resolve_model_path, WanModelDir};
 use crate::noise;
-use crate::pipeline::{decode_latents, denoise, GenerateRequest, Geometry, LoadOptions};
+use crate::pipeline::{decode_latents, sample, GenerateRequest, Geometry, LoadOptions};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::text::{PromptTokenizer, TextEncoder, MAX_SEQUENCE_LENGTH};
 use candle_core::{DType, Device, Tensor};
@@ -460,7 +460,7 @@ impl BenchPipeline {
         let clock = Clock::start(device)?;
         let mut step_seconds = Vec::with_capacity(req.steps);
         let mut step_start = Instant::now();
-        let latents = denoise(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
+        let latents = sample(&self.transformer, &self.scheduler, req, latents, &context, &mut |step, total| {
             if step > 0 {
                 device.synchronize()?;
                 step_seconds.push(step_start.elapsed().as_secs_f64());

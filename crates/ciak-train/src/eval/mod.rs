@@ -115,6 +115,8 @@ pub struct ModelSource<'a> {
     pub guidance: f64,
     /// Guidance only below this noise level (`GenerateRequest::guidance_below`).
     pub guidance_below: Option<f64>,
+    /// The first latent frame drawn first (`GenerateRequest::image_first`).
+    pub image_first: bool,
     /// Prompt `i` of the set uses seed `seed + i`, so a `--limit` run matches the full run.
     pub seed: u64,
     pub negative_prompt: String,
@@ -123,9 +125,10 @@ pub struct ModelSource<'a> {
 impl ClipSource for ModelSource<'_> {
     fn describe(&self) -> String {
         format!(
-            "model {}: {} steps, guidance {}{}, seed {} + prompt index, scheduler {} (shift {})",
+            "model {}: {} steps{}, guidance {}{}, seed {} + prompt index, scheduler {} (shift {})",
             self.model,
             self.steps,
+            if self.image_first { " (image first: the first latent frame, then the clip)" } else { "" },
             self.guidance,
             self.guidance_below.map(|b| format!(" below sigma {b}")).unwrap_or_default(),
             self.seed,
@@ -145,6 +148,7 @@ impl ClipSource for ModelSource<'_> {
             steps: self.steps,
             guidance: self.guidance,
             guidance_below: self.guidance_below,
+            image_first: self.image_first,
             shift: None,
             scheduler: None,
             seed: self.seed.wrapping_add(index as u64),

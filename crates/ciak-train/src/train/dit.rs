@@ -11,7 +11,7 @@
 
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
-use super::flow::{drop_captions, flow_batch, mse, temporal_mse, weighted_mse, SigmaSampling, TrainRng};
+use super::flow::{condition_first_frames, drop_captions, flow_batch, mse, temporal_mse, weighted_mse, SigmaSampling, TrainRng};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
@@ -157,6 +157,14 @@ pub struct DitTrainConfig {
     /// object; this term charges it the object's travel. 0: off.
     #[serde(default)]
     pub temporal_weight: f64,
+    /// Share of the clips on clip steps trained with a clean first latent frame (timestep 0 on its
+    /// tokens, no loss on it; [`super::flow::condition_first_frames`]): the image-to-video task,
+    /// which the sampler's image-first mode uses for text-to-video too (the first latent frame
+    /// drawn alone as an image, the clip then drawn from it). Where the object is and what it
+    /// looks like is then in the input, so the later frames only have to carry it on, a relative
+    /// offset that RoPE attention sees directly. 0: off.
+    #[serde(default)]
+    pub first_frame_share: f64,
     /// Flow shift of the exported sampler and of the training noise levels.
     #[serde(default = "defaults::shift")]
     pub shift: f64,
@@ -318,6 +326,12 @@ impl DitTrainConfig {
         }
         if !(self.temporal_weight >= 0.0 && self.temporal_weight.is_finite()) {
             return Err(format!("expected temporal_weight >= 0, got {}", self.temporal_weight));
+        }
+        if !(0.0..=1.0).contains(&self.first_frame_share) {
+            return Err(format!("expected first_frame_share in [0, 1], got {}", self.first_frame_share));
+        }
+        if self.first_frame_share > 0.0 && t.patch_size[0] != 1 {
+            return Err(format!("first_frame_share needs transformer.patch_size[0] = 1, got {}", t.patch_size[0]));
         }
         if !(0.0..=1.0).contains(&self.terminal_share) {
             return Err(format!("expected terminal_share in [0, 1], got {}", self.terminal_share));
@@ -594,7 +608,10 @@ impl DitModels {
     /// tracks gradients).
     ///
     /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean;
-    /// `temporal_weight` > 0 adds that much of the motion term ([`temporal_mse`]) on clips.
+    /// `temporal_weight` > 0 adds that much of the motion term ([`temporal_mse`]) on clips;
+    /// `clean_first[b]` gives sample b its first latent frame clean ([`condition_first_frames`];
+    /// empty: none).
+    #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
         latents: &Tensor,
@@ -603,20 +620,35 @@ impl DitModels {
         sigmas: &[f32],
         weights: Option<&Tensor>,
         temporal_weight: f64,
+        clean_first: &[bool],
     ) -> Result<Tensor> {
         let fb = flow_batch(latents, noise, sigmas)?;
+        let (fb, frame_mask) = if clean_first.is_empty() {
+            (fb, None)
+        } else {
+            let [_, ph, pw] = self.transformer.config().patch_size;
+            let tokens_per_frame = (latents.dim(3)? / ph) * (latents.dim(4)? / pw);
+            condition_first_frames(fb, latents, clean_first, tokens_per_frame)?
+        };
+        // the main term leaves the clean frames out
+        let main_weights = match (weights, &frame_mask) {
+            (Some(w), Some(m)) => Some(w.broadcast_mul(m)?),
+            (Some(w), None) => Some(w.clone()),
+            (None, Some(m)) => Some(m.clone()),
+            (None, None) => None,
+        };
         let context = self.encode_text(captions)?;
         // a frozen encoder needs no backward pass through it
         let context = if self.text_frozen { context.detach() } else { context };
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
-        let main = match weights {
+        let main = match &main_weights {
             None => mse(&pred, &fb.target)?,
             Some(w) => weighted_mse(&pred, &fb.target, w)?,
         };
         if temporal_weight == 0.0 {
             return Ok(main);
         }
-        Ok(match temporal_mse(&pred, &fb.target, sigmas, weights)? {
+        Ok(match temporal_mse(&pred, &fb.target, sigmas, weights, frame_mask.as_ref())? {
             Some(motion) => (main + (motion * temporal_weight)?)?,
             None => main,
         })
@@ -883,12 +915,27 @@ impl DitTrainer {
                 (Some(mask), fw) if fw > 0.0 => Some(((mask * fw)? + 1.0)?),
                 _ => None,
             };
-            inputs.push((captions, sigmas, noise, weights));
+            // drawn only when asked for, so runs without it keep their random stream
+            let share = self.cfg.first_frame_share;
+            let clean_first: Vec<bool> = if share > 0.0 && batch.latents.dim(2)? > 1 {
+                (0..batch.captions.len()).map(|_| self.rng.uniform() < share).collect()
+            } else {
+                Vec::new()
+            };
+            inputs.push((captions, sigmas, noise, weights, clean_first));
         }
         mark("noise")?;
         let mut loss: Option<Tensor> = None;
-        for (batch, (captions, sigmas, noise, weights)) in groups.iter().zip(&inputs) {
-            let part = self.models.loss(&batch.latents, captions, noise, sigmas, weights.as_ref(), self.cfg.temporal_weight)?;
+        for (batch, (captions, sigmas, noise, weights, clean_first)) in groups.iter().zip(&inputs) {
+            let part = self.models.loss(
+                &batch.latents,
+                captions,
+                noise,
+                sigmas,
+                weights.as_ref(),
+                self.cfg.temporal_weight,
+                clean_first,
+            )?;
             // a group's share of the images (1 for a clip step: exact, the same bits as no scaling)
             let part = (part * (batch.captions.len() as f64 / samples as f64))?;
             loss = Some(match loss {

@@ -137,6 +137,39 @@ pub fn flow_batch(x0: &Tensor, noise: &Tensor, sigmas: &[f32]) -> Result<FlowBat
     Ok(FlowBatch { noisy, target, timesteps })
 }
 
+/// First-frame conditioning, as image-to-video trains it (Wan2.2's TI2V): for each sample with
+/// `clean[b]`, latent frame 0 enters the model as it is (its clean latent) and its tokens get
+/// timestep 0, while the later frames keep the sample's noise level. The model learns to draw the
+/// clip that goes on from a given first frame; the sampler's image-first mode
+/// (`ciak_engine::pipeline`) feeds it one it drew itself.
+///
+/// Returns the batch with per-token timesteps `[B, F * tokens_per_frame]` and the frame mask
+/// `[B, 1, F, 1, 1]` (0 on clean frames, 1 elsewhere) that takes them out of the loss; with no
+/// clean sample the batch is returned as it is, with no mask.
+pub fn condition_first_frames(fb: FlowBatch, x0: &Tensor, clean: &[bool], tokens_per_frame: usize) -> Result<(FlowBatch, Option<Tensor>)> {
+    let (b, frames) = (x0.dim(0)?, x0.dim(2)?);
+    if clean.len() != b {
+        return Err(super::TrainError::Data(format!("condition_first_frames: expected {b} flags, got {}", clean.len())));
+    }
+    if !clean.iter().any(|&c| c) {
+        return Ok((fb, None));
+    }
+    let mask: Vec<f32> = (0..b).flat_map(|i| (0..frames).map(move |f| if clean[i] && f == 0 { 0.0 } else { 1.0 })).collect();
+    let mask = Tensor::from_vec(mask, (b, 1, frames, 1, 1), x0.device())?;
+    let keep = mask.affine(-1.0, 1.0)?;
+    let noisy = (fb.noisy.broadcast_mul(&mask)? + x0.to_dtype(DType::F32)?.broadcast_mul(&keep)?)?;
+    let per_clip = fb.timesteps.to_vec1::<f32>()?;
+    let mut timesteps = Vec::with_capacity(b * frames * tokens_per_frame);
+    for (i, &t) in per_clip.iter().enumerate() {
+        for f in 0..frames {
+            let t = if clean[i] && f == 0 { 0.0 } else { t };
+            timesteps.extend(std::iter::repeat_n(t, tokens_per_frame));
+        }
+    }
+    let timesteps = Tensor::from_vec(timesteps, (b, frames * tokens_per_frame), x0.device())?;
+    Ok((FlowBatch { noisy, target: fb.target, timesteps }, Some(mask)))
+}
+
 /// One value per sample as a `[B, 1, ..., 1]` tensor of `like`'s rank, to broadcast over it.
 fn per_sample(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
     let mut shape = vec![values.len()];
@@ -171,7 +204,13 @@ pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<
 /// while the plain MSE spreads it among everything else. `weights` ([B, 1, F', H', W'], e.g. the
 /// object cells) are averaged over each pair of neighbouring frames. `None` for one-frame
 /// latents (images), which have no motion.
-pub fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], weights: Option<&Tensor>) -> Result<Option<Tensor>> {
+pub fn temporal_mse(
+    pred: &Tensor,
+    target: &Tensor,
+    sigmas: &[f32],
+    weights: Option<&Tensor>,
+    frame_mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
     let frames = pred.dim(2)?;
     if frames < 2 {
         return Ok(None);
@@ -182,12 +221,24 @@ pub fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], weights: Opt
     }
     let err = (pred.to_dtype(DType::F32)? - target)?.broadcast_mul(&per_sample(sigmas.to_vec(), pred)?)?;
     let step = (err.narrow(2, 1, frames - 1)? - err.narrow(2, 0, frames - 1)?)?.sqr()?;
-    Ok(Some(match weights {
-        None => step.mean_all()?,
-        Some(w) => {
-            let w = w.to_dtype(DType::F32)?;
-            weighted_mean(&step, &((w.narrow(2, 1, frames - 1)? + w.narrow(2, 0, frames - 1)?)? * 0.5)?)?
-        }
+    let pairs = |w: &Tensor| -> Result<(Tensor, Tensor)> {
+        let w = w.to_dtype(DType::F32)?;
+        Ok((w.narrow(2, 1, frames - 1)?, w.narrow(2, 0, frames - 1)?))
+    };
+    let weights = weights.map(|w| -> Result<Tensor> {
+        let (later, earlier) = pairs(w)?;
+        Ok(((later + earlier)? * 0.5)?)
+    });
+    // a pair with a clean (conditioning) frame in it is not the model's to answer for
+    let kept = frame_mask.map(|m| -> Result<Tensor> {
+        let (later, earlier) = pairs(m)?;
+        Ok((later * earlier)?)
+    });
+    Ok(Some(match (weights.transpose()?, kept.transpose()?) {
+        (None, None) => step.mean_all()?,
+        (Some(w), None) => weighted_mean(&step, &w)?,
+        (None, Some(k)) => weighted_mean(&step, &k)?,
+        (Some(w), Some(k)) => weighted_mean(&step, &w.broadcast_mul(&k)?)?,
     }))
 }
 
@@ -285,24 +336,52 @@ mod tests {
         let target = Tensor::zeros((2, 1, 3, 1, 2), DType::F32, &dev)?;
         // sample 0: the same error in every frame; sample 1: an error in the last frame only
         let pred = Tensor::from_vec(vec![1f32, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], (2, 1, 3, 1, 2), &dev)?;
-        let got = temporal_mse(&pred, &target, &[1.0, 0.5], None)?.unwrap().to_scalar::<f32>()?;
+        let got = temporal_mse(&pred, &target, &[1.0, 0.5], None, None)?.unwrap().to_scalar::<f32>()?;
         // sample 1's x0 error is 0.5 * 2 = 1 at one cell of the last frame: one squared step of 1
         // among 2 samples x 2 frame pairs x 2 cells
         assert!((got - 1.0 / 8.0).abs() < 1e-7, "{got}");
-        let constant = temporal_mse(&pred.narrow(0, 0, 1)?, &target.narrow(0, 0, 1)?, &[1.0], None)?.unwrap();
+        let constant = temporal_mse(&pred.narrow(0, 0, 1)?, &target.narrow(0, 0, 1)?, &[1.0], None, None)?.unwrap();
         assert_eq!(constant.to_scalar::<f32>()?, 0.0);
         // weights on the changing cell's pair count it (w 3 on both frames of the pair 1-2)
         let mut w = vec![1f32; 12];
         w[6 + 2 * 2] = 3.0;
         w[6 + 2] = 3.0;
         let w = Tensor::from_vec(w, (2, 1, 3, 1, 2), &dev)?;
-        let weighted = temporal_mse(&pred, &target, &[1.0, 0.5], Some(&w))?.unwrap().to_scalar::<f32>()?;
+        let weighted = temporal_mse(&pred, &target, &[1.0, 0.5], Some(&w), None)?.unwrap().to_scalar::<f32>()?;
         // pair weights: six of 1, sample 1's cell 0 at frames 0-1 (1 + 3) / 2 = 2, and at frames
         // 1-2 3, which holds the step
         assert!((weighted - 3.0 / 11.0).abs() < 1e-6, "{weighted}");
         let image = Tensor::zeros((1, 1, 1, 1, 2), DType::F32, &dev)?;
-        assert!(temporal_mse(&image, &image, &[1.0], None)?.is_none());
-        assert!(temporal_mse(&pred, &target, &[1.0], None).is_err());
+        assert!(temporal_mse(&image, &image, &[1.0], None, None)?.is_none());
+        assert!(temporal_mse(&pred, &target, &[1.0], None, None).is_err());
+        Ok(())
+    }
+
+    /// A clean first frame enters as its latent at timestep 0 and leaves the loss; the other
+    /// samples and frames are the plain flow batch.
+    #[test]
+    fn condition_first_frames_cleans_frame_zero_of_the_flagged_samples() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = TrainRng::new(4);
+        let x0 = rng.gaussian(&[2, 2, 3, 2, 2], &dev)?;
+        let noise = rng.gaussian(&[2, 2, 3, 2, 2], &dev)?;
+        let plain = flow_batch(&x0, &noise, &[0.5, 1.0])?;
+        let (none, mask) = condition_first_frames(plain.clone(), &x0, &[false, false], 1)?;
+        assert!(mask.is_none() && none.timesteps.dims() == [2]);
+        let (fb, mask) = condition_first_frames(plain.clone(), &x0, &[false, true], 2)?;
+        let d = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d(&fb.noisy.get(0)?, &plain.noisy.get(0)?), 0.0);
+        assert_eq!(d(&fb.noisy.get(1)?.narrow(1, 0, 1)?, &x0.get(1)?.narrow(1, 0, 1)?), 0.0);
+        assert_eq!(d(&fb.noisy.get(1)?.narrow(1, 1, 2)?, &noise.get(1)?.narrow(1, 1, 2)?), 0.0);
+        assert_eq!(fb.timesteps.to_vec2::<f32>()?, vec![vec![500.0; 6], vec![0.0, 0.0, 1000.0, 1000.0, 1000.0, 1000.0]]);
+        let mask = mask.unwrap().flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(mask, vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0]);
+        // the motion term leaves out the pair that holds the clean frame
+        let m = Tensor::from_vec(mask, (2, 1, 3, 1, 1), &dev)?;
+        let zeros = Tensor::zeros((2, 1, 3, 1, 1), DType::F32, &dev)?;
+        let jump = Tensor::from_vec(vec![0f32, 0.0, 0.0, 5.0, 0.0, 0.0], (2, 1, 3, 1, 1), &dev)?;
+        assert_eq!(temporal_mse(&jump, &zeros, &[1.0, 1.0], None, Some(&m))?.unwrap().to_scalar::<f32>()?, 0.0);
+        assert!(condition_first_frames(plain, &x0, &[true], 1).is_err());
         Ok(())
     }
 
