@@ -171,19 +171,26 @@ fn vae_gradients_and_fused_path_agree() {
     assert_all_gradients("vae", &map, &loss);
 }
 
-/// The trainer's own init zeroes the output head (as Wan does), so only the head learns on the
-/// first step; from the second step every parameter gets a gradient through the real loss (with
-/// the motion term of `temporal_weight`).
-#[test]
-fn trainer_loss_reaches_every_parameter_after_one_step() {
+/// A tiny trainer after one step on `frames`-frame synthetic clips of two captions, and a random
+/// stream for test inputs.
+fn trainer_after_one_step(frames: usize) -> (tempfile::TempDir, DitTrainer, Vec<String>, TrainRng) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::tiny_config(support::write_tokenizer(dir.path()));
     let dev = Device::Cpu;
     let mut trainer = DitTrainer::new(&cfg, &dev).unwrap();
     let captions = support::captions(2);
-    let mut source = ciak_train::train::dit::SyntheticLatents::new(1, [16, 2, 4, 4], captions.clone(), &dev).unwrap();
+    let mut source = ciak_train::train::dit::SyntheticLatents::new(1, [16, frames, 4, 4], captions.clone(), &dev).unwrap();
     trainer.train_step(&mut source).unwrap();
-    let mut rng = TrainRng::new(8);
+    (dir, trainer, captions, TrainRng::new(8))
+}
+
+/// The trainer's own init zeroes the output head (as Wan does), so only the head learns on the
+/// first step; from the second step every parameter gets a gradient through the real loss (with
+/// the motion term of `temporal_weight`).
+#[test]
+fn trainer_loss_reaches_every_parameter_after_one_step() {
+    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(2);
+    let dev = Device::Cpu;
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     // with the motion term on (two latent frames), which adds to the plain loss
@@ -204,14 +211,8 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
 /// model's input nor the loss; without it, it does. Gradients still reach every parameter.
 #[test]
 fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = support::tiny_config(support::write_tokenizer(dir.path()));
+    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(3);
     let dev = Device::Cpu;
-    let mut trainer = DitTrainer::new(&cfg, &dev).unwrap();
-    let captions = support::captions(2);
-    let mut source = ciak_train::train::dit::SyntheticLatents::new(1, [16, 3, 4, 4], captions.clone(), &dev).unwrap();
-    trainer.train_step(&mut source).unwrap();
-    let mut rng = TrainRng::new(8);
     let x0 = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
     let other_first = rng.gaussian(&[2, 16, 1, 4, 4], &dev).unwrap();
