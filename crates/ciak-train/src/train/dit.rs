@@ -11,7 +11,9 @@
 
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
-use super::flow::{condition_first_frames, drop_captions, flow_batch, mse, temporal_mse, weighted_mse, SigmaSampling, TrainRng};
+use super::flow::{
+    condition_first_frames, drop_captions, flow_batch, mse, temporal_mse, weight_product, weighted_mse, SigmaSampling, TrainRng,
+};
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
@@ -631,12 +633,7 @@ impl DitModels {
             condition_first_frames(fb, latents, clean_first, tokens_per_frame)?
         };
         // the main term leaves the clean frames out
-        let main_weights = match (weights, &frame_mask) {
-            (Some(w), Some(m)) => Some(w.broadcast_mul(m)?),
-            (Some(w), None) => Some(w.clone()),
-            (None, Some(m)) => Some(m.clone()),
-            (None, None) => None,
-        };
+        let main_weights = weight_product(weights.cloned(), frame_mask.clone())?;
         let context = self.encode_text(captions)?;
         // a frozen encoder needs no backward pass through it
         let context = if self.text_frozen { context.detach() } else { context };

@@ -154,18 +154,17 @@ pub fn condition_first_frames(fb: FlowBatch, x0: &Tensor, clean: &[bool], tokens
     if !clean.iter().any(|&c| c) {
         return Ok((fb, None));
     }
-    let mask: Vec<f32> = (0..b).flat_map(|i| (0..frames).map(move |f| if clean[i] && f == 0 { 0.0 } else { 1.0 })).collect();
-    let mask = Tensor::from_vec(mask, (b, 1, frames, 1, 1), x0.device())?;
+    // 1 where a frame keeps its noise level, 0 on the clean ones, per sample and frame
+    let noisy_frames: Vec<f32> = (0..b).flat_map(|i| (0..frames).map(move |f| f32::from(!(clean[i] && f == 0)))).collect();
+    let per_clip = fb.timesteps.to_vec1::<f32>()?;
+    let timesteps: Vec<f32> = noisy_frames
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &m)| std::iter::repeat_n(m * per_clip[k / frames], tokens_per_frame))
+        .collect();
+    let mask = Tensor::from_vec(noisy_frames, (b, 1, frames, 1, 1), x0.device())?;
     let keep = mask.affine(-1.0, 1.0)?;
     let noisy = (fb.noisy.broadcast_mul(&mask)? + x0.to_dtype(DType::F32)?.broadcast_mul(&keep)?)?;
-    let per_clip = fb.timesteps.to_vec1::<f32>()?;
-    let mut timesteps = Vec::with_capacity(b * frames * tokens_per_frame);
-    for (i, &t) in per_clip.iter().enumerate() {
-        for f in 0..frames {
-            let t = if clean[i] && f == 0 { 0.0 } else { t };
-            timesteps.extend(std::iter::repeat_n(t, tokens_per_frame));
-        }
-    }
     let timesteps = Tensor::from_vec(timesteps, (b, frames * tokens_per_frame), x0.device())?;
     Ok((FlowBatch { noisy, target: fb.target, timesteps }, Some(mask)))
 }
@@ -181,6 +180,14 @@ fn per_sample(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
 fn weighted_mean(values: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let w = weights.broadcast_as(values.shape())?.to_dtype(DType::F32)?;
     Ok(((values * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
+}
+
+/// The product of two optional weight tensors (broadcast); `None` stands for all ones.
+pub fn weight_product(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(a.broadcast_mul(&b)?),
+        (a, b) => a.or(b),
+    })
 }
 
 /// Mean squared error over every element (f32 scalar).
@@ -234,11 +241,9 @@ pub fn temporal_mse(
         let (later, earlier) = pairs(m)?;
         Ok((later * earlier)?)
     });
-    Ok(Some(match (weights.transpose()?, kept.transpose()?) {
-        (None, None) => step.mean_all()?,
-        (Some(w), None) => weighted_mean(&step, &w)?,
-        (None, Some(k)) => weighted_mean(&step, &k)?,
-        (Some(w), Some(k)) => weighted_mean(&step, &w.broadcast_mul(&k)?)?,
+    Ok(Some(match weight_product(weights.transpose()?, kept.transpose()?)? {
+        None => step.mean_all()?,
+        Some(w) => weighted_mean(&step, &w)?,
     }))
 }
 
