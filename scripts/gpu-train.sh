@@ -99,8 +99,24 @@ grep -v '^latents: [0-9]' "$work/latents.log" | tee -a "$log"
 # 3. the probe: steps per second from loss.csv (seconds of training per row), first rows skipped
 # (without the text pretraining: the DiT's pace is what it measures)
 rm -rf "$work/probe"
-python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c.pop("text_pretrain", None); json.dump(c, open(sys.argv[2], "w"))' \
-  "$config" "$work/probe-config.json" || exit 1
+# copy_config SRC DST [STEPS] [probe]: the config where the run reads it, with init_from made
+# absolute (the trainer takes it from the config's folder, which is now $work) and, for the probe,
+# without the text pretraining
+copy_config() {
+  python3 - "$@" <<'EOF'
+import json, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+c = json.load(open(src))
+if c.get("init_from"):
+    c["init_from"] = os.path.abspath(os.path.join(os.path.dirname(src), c["init_from"]))
+if len(sys.argv) > 3 and sys.argv[3] != "-":
+    c["steps"] = int(sys.argv[3])
+if len(sys.argv) > 4:
+    c.pop("text_pretrain", None)
+json.dump(c, open(dst, "w"), indent=1)
+EOF
+}
+copy_config "$config" "$work/probe-config.json" - probe || exit 1
 step 120 "$bin" train dit --device "$dev" --config "$work/probe-config.json" --latents "$lat" --vae "$vae" --out "$work/probe" \
   --stop-at "$probe" --log-every 10 || exit 1
 rate=$(python3 - "$work/probe/loss.csv" <<'EOF'
@@ -115,7 +131,7 @@ rm -rf "$run"
 if [ -n "$resume" ]; then
   # a continued run keeps its schedule and stops at the budget
   say "probe: $rate steps/s; continuing the run in $resume"
-  cp "$config" "$work/config.json"
+  copy_config "$config" "$work/config.json" || exit 1
   mkdir -p "$run/checkpoint"
   cp "$resume/state.json" "$resume/ema.safetensors" "$run/checkpoint/"
   cp "$resume/ema.safetensors" "$run/checkpoint/model.safetensors"
@@ -124,12 +140,7 @@ else
   # 45 s kept for the export, the check clip and the packing; 5% for checkpoints and slack
   steps=$(python3 -c "print(max(100, int($rate * ($(left) - 45) * 0.95)))")
   say "probe: $rate steps/s; training $steps steps"
-  python3 - "$config" "$work/config.json" "$steps" <<'EOF'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["steps"] = int(sys.argv[3])
-json.dump(c, open(sys.argv[2], "w"), indent=1)
-EOF
+  copy_config "$config" "$work/config.json" "$steps" || exit 1
   continue_args=()
 fi
 
