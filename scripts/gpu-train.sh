@@ -25,7 +25,9 @@
 # BUDGET (540) seconds from start to the packed model, CONFIG (train/dit-x4t-gpu.json), VAE
 # (.gpu/vae), CLIPS (2000), WORLD (a world file for the latent cache, as `train latents --world`
 # takes; e.g. CONFIG=train/dit-x4r.json WORLD=train/world-single-edges-large.json with VAE a copy
-# of train/vae-x4f8), SPREAD (0.25), AMOUNT_SPREAD (1), PROBE (40), PARITY (1; 0 skips step 1), LATENT_SECONDS (150), PROMPT (the check clip's), DEVICE (cuda;
+# of train/vae-x4f8), SPREAD (0.25), AMOUNT_SPREAD (1), PROBE (40), PARITY (1; 0 skips step 1),
+# LATENT_SECONDS (150), PROMPT (the check clip's), INIT_FROM (an exported model folder the run
+# starts from, `train dit --init-from`; e.g. models/builtin with CONFIG=train/dit-x4r7-gpu.json), DEVICE (cuda;
 # `DEVICE=cpu CIAK_BIN=target/release/ciak` with a small CONFIG, CLIPS and BUDGET smoke-tests it here).
 # Join the parts here: cat model.tar.xz.part-* | xz -dc | tar -x -C DIR
 set -uo pipefail
@@ -117,8 +119,10 @@ json.dump(c, open(dst, "w"), indent=1)
 EOF
 }
 copy_config "$config" "$work/probe-config.json" - probe || exit 1
+# INIT_FROM: an exported model folder the run starts from (`train dit --init-from`)
+init_args=(); [ -z "${INIT_FROM:-}" ] || init_args=(--init-from "$PWD/$INIT_FROM")
 step 120 "$bin" train dit --device "$dev" --config "$work/probe-config.json" --latents "$lat" --vae "$vae" --out "$work/probe" \
-  --stop-at "$probe" --log-every 10 || exit 1
+  --stop-at "$probe" --log-every 10 "${init_args[@]}" || exit 1
 rate=$(python3 - "$work/probe/loss.csv" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -141,7 +145,7 @@ else
   steps=$(python3 -c "print(max(100, int($rate * ($(left) - 45) * 0.95)))")
   say "probe: $rate steps/s; training $steps steps"
   copy_config "$config" "$work/config.json" "$steps" || exit 1
-  continue_args=()
+  continue_args=("${init_args[@]}")
 fi
 
 # 4. the run (a checkpoint and an export of what there is if the budget runs out first)

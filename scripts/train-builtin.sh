@@ -21,14 +21,24 @@
 #   6. DiT + text encoder, train/dit-x4r.json, 3000 steps                                1 h 58 min
 #   7. the same DiT on, train/dit-x4r2.json (a 6000-step schedule at a lower learning rate,
 #      entered at step 3000: a warm restart), steps 3001-4000                            45 min
+#   8. a latent cache of 700 clips of the same world, and from stage 7's model a run at batch
+#      32, train/dit-x4r7-gpu.json: 1598 steps, clips only, with the motion term           7 min 15 s on an H200
+#   9. the same run on, train/dit-x4r7b-gpu.json (a 2500-step schedule entered at step 1598:
+#      a warm restart), steps 1599-2327                                          3 min 20 s on an H200
+# Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
+# FEATURES=cuda; scripts/gpu-train.sh runs them on the lent GPU machine, which has no Rust), about
+# a day on the 2-core build machine (0.76 clips/s at 2 threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${CIAK_TRAIN_OUT:-target/builtin-train}
-DIT2_STOP=4000   # the step of train/dit-x4r2.json's 6000-step schedule the shipped model stopped at
+DIT2_STOP=4000   # the step of train/dit-x4r2.json's 6000-step schedule stage 7 stopped at
+DIT4_STOP=2327   # the step of train/dit-x4r7b-gpu.json's 2500-step schedule the shipped model stopped at
+DEVICE=${DEVICE:-cpu}   # stages 8-9: cuda in a build with FEATURES=cuda
 export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-2} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
+features=(); [[ -z "${FEATURES:-}" ]] || features=(--features "$FEATURES")
 
-cargo build --release --locked -p ciak
+cargo build --release --locked -p ciak "${features[@]}"
 ciak=target/release/ciak
 
 # step of the checkpoint in $1 (0 when there is none)
@@ -88,7 +98,27 @@ fi
 run_stage "$OUT/dit2" "$DIT2_STOP" "$OUT/dit2/model/ciak.json" "$ciak" train dit --config train/dit-x4r2.json \
     --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit2" --stop-at "$DIT2_STOP"
 
-MODEL="$OUT/dit2/model"
+# 8: from stage 7's model, clips only at batch 32 with the motion term, on a cache of 700 clips
+# (what the GPU machine encoded in its budget)
+[[ -f "$OUT/dit2/model/ciak.json" ]] || { echo "no exported model in $OUT/dit2/model" >&2; exit 1; }
+if [[ -f "$OUT/latents-700/cache.json" ]]; then resume=(--resume); else resume=(); fi
+"$ciak" train latents --vae "$OUT/vae-d/vae" --count 700 --seed 1 --world train/world-single-edges-large.json \
+    --out "$OUT/latents-700" --device "$DEVICE" "${resume[@]}"
+if [[ -f "$OUT/dit3/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit2/model"); fi
+run_stage "$OUT/dit3" "$(config_steps train/dit-x4r7-gpu.json)" "$OUT/dit3/model/ciak.json" "$ciak" train dit \
+    --config train/dit-x4r7-gpu.json "${init[@]}" --latents "$OUT/latents-700" --vae "$OUT/vae-d/vae" --out "$OUT/dit3" \
+    --device "$DEVICE"
+
+# 9: a warm restart of stage 8's run under a longer schedule, in its own folder as stage 7
+if [[ ! -f "$OUT/dit4/checkpoint/state.json" ]]; then
+    rm -rf "$OUT/dit4.new" && mkdir -p "$OUT/dit4.new"
+    cp -r "$OUT/dit3/checkpoint" "$OUT/dit3/tokenizer.json" "$OUT/dit3/loss.csv" "$OUT/dit4.new/"
+    mv "$OUT/dit4.new" "$OUT/dit4"
+fi
+run_stage "$OUT/dit4" "$DIT4_STOP" "$OUT/dit4/model/ciak.json" "$ciak" train dit --config train/dit-x4r7b-gpu.json \
+    --latents "$OUT/latents-700" --vae "$OUT/vae-d/vae" --out "$OUT/dit4" --stop-at "$DIT4_STOP" --device "$DEVICE"
+
+MODEL="$OUT/dit4/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 
 # swap the folder in whole
@@ -100,6 +130,6 @@ mv models/builtin.new models/builtin
 echo "models/builtin updated from $MODEL"
 
 # the binary embeds models/builtin at build time: rebuild, then render one clip as a check
-cargo build --release --locked -p ciak
+cargo build --release --locked -p ciak "${features[@]}"
 "$ciak" generate "a red ball moves to the right on a blue background" --seed 1 -o "$OUT/check.mp4" --force
 echo "check clip: $OUT/check.mp4"
