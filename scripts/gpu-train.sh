@@ -120,7 +120,7 @@ EOF
 }
 copy_config "$config" "$work/probe-config.json" - probe || exit 1
 # INIT_FROM: an exported model folder the run starts from (`train dit --init-from`)
-init_args=(); [ -z "${INIT_FROM:-}" ] || init_args=(--init-from "$PWD/$INIT_FROM")
+init_args=(); [ -z "${INIT_FROM:-}" ] || init_args=(--init-from "$(realpath "$INIT_FROM")")
 step 120 "$bin" train dit --device "$dev" --config "$work/probe-config.json" --latents "$lat" --vae "$vae" --out "$work/probe" \
   --stop-at "$probe" --log-every 10 "${init_args[@]}" || exit 1
 rate=$(python3 - "$work/probe/loss.csv" <<'EOF'
