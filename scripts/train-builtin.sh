@@ -22,7 +22,7 @@
 #   7. the same DiT on, train/dit-x4r2.json (a 6000-step schedule at a lower learning rate,
 #      entered at step 3000: a warm restart), steps 3001-4000                            45 min
 #   8. a latent cache of 700 clips of the same world, and from stage 7's model a run at batch
-#      32, train/dit-x4r7-gpu.json: 1598 steps, clips only, with the motion term           7 min 15 s on an H200
+#      32, train/dit-x4r7-gpu.json: 1598 steps, clips only, with the motion term     33 s + 7 min 7 s on an H200
 #   9. the same run on, train/dit-x4r7b-gpu.json (a 2500-step schedule entered at step 1598:
 #      a warm restart), steps 1599-2327                                          3 min 20 s on an H200
 # Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
