@@ -60,8 +60,7 @@
 //! The scores use the current weights (not the EMA), like `position_probe`.
 use candle_core::{Device, Tensor};
 use ciak_train::train::dit::{DitArch, DitTrainer, TextArch};
-use ciak_train::train::flow::{condition_first_frames, flow_batch, SigmaSampling, TrainRng};
-use ciak_train::train::optim::AdamWConfig;
+use ciak_train::train::flow::{condition_first_frames, flow_batch, TrainRng};
 use ciak_train::train::{DitTrainConfig, LatentBatch, LatentSource, Result, TrainError};
 use std::time::Instant;
 
@@ -319,55 +318,14 @@ impl LatentSource for Carry {
 fn config(tokenizer: std::path::PathBuf, s: &Settings) -> DitTrainConfig {
     DitTrainConfig {
         seed: s.seed,
-        transformer: DitArch {
-            num_attention_heads: s.heads,
-            attention_head_dim: 64,
-            ffn_dim: s.heads * 64 * 4,
-            num_layers: s.layers,
-            freq_dim: 256,
-            patch_size: [1, PATCH, PATCH],
-            latent_channels: C,
-            cross_attn_norm: true,
-            eps: 1e-6,
-            rope_max_seq_len: 1024,
-        },
-        text_encoder: TextArch {
-            d_model: 64,
-            d_kv: 16,
-            num_heads: 4,
-            num_layers: 1,
-            d_ff: 128,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-        },
-        tokenizer,
-        text_len: 16,
-        batch_size: s.batch,
-        steps: s.steps,
-        lr: s.lr,
         warmup_steps: 50,
-        min_lr_ratio: 0.1,
-        adamw: AdamWConfig::default(),
-        grad_clip: 1.0,
         ema_decay: 0.99,
-        caption_dropout: 0.1,
         foreground_weight: s.foreground,
-        temporal_weight: 0.0,
         // every clip: frame 0 clean at timestep 0, out of the loss
         first_frame_share: 1.0,
-        shift: 3.0,
-        sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share: s.terminal,
         checkpoint_every: 1_000_000,
-        max_seconds: None,
-        stop_at: None,
-        fresh_optimizer: false,
-        init_from: None,
-        text_pretrain: None,
-        text_local_attention: 0.0,
-        vae: None,
-        image_steps: None,
+        ..DitTrainConfig::new(DitArch::new(s.heads, s.layers, PATCH, C), TextArch::new(64, 4, 1), tokenizer, s.batch, s.steps, s.lr)
     }
 }
 

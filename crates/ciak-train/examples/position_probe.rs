@@ -55,8 +55,7 @@
 //! the share of samples whose middle / rest is nearest the caption's object / background colour.
 use candle_core::{Device, Tensor};
 use ciak_train::train::dit::{DitArch, DitTrainer, TextArch};
-use ciak_train::train::flow::{SigmaSampling, TrainRng};
-use ciak_train::train::optim::AdamWConfig;
+use ciak_train::train::flow::TrainRng;
 use ciak_train::train::{DitTrainConfig, LatentBatch, LatentSource, Result, TrainError};
 
 /// Latent grid of one frame: 8 x 14 tokens of 4x4 latent pixels.
@@ -172,56 +171,26 @@ fn knob(name: &str, default: f64) -> f64 {
 }
 
 fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize, terminal_share: f64) -> DitTrainConfig {
+    let patch = knob("PROBE_PATCH", 4.0) as usize;
+    let base = DitTrainConfig::new(
+        DitArch::new(heads, layers, patch, C),
+        TextArch::new(64, 4, 1),
+        tokenizer,
+        knob("PROBE_BATCH", 8.0) as usize,
+        steps,
+        knob("PROBE_LR", 1e-3),
+    );
     DitTrainConfig {
         seed: knob("PROBE_SEED", 3.0) as u64,
-        transformer: DitArch {
-            num_attention_heads: heads,
-            attention_head_dim: 64,
-            ffn_dim: heads * 64 * 4,
-            num_layers: layers,
-            freq_dim: 256,
-            patch_size: [1, knob("PROBE_PATCH", 4.0) as usize, knob("PROBE_PATCH", 4.0) as usize],
-            latent_channels: C,
-            cross_attn_norm: true,
-            eps: 1e-6,
-            rope_max_seq_len: 1024,
-        },
-        text_encoder: TextArch {
-            d_model: 64,
-            d_kv: 16,
-            num_heads: 4,
-            num_layers: 1,
-            d_ff: 128,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-        },
-        tokenizer,
-        text_len: 16,
-        batch_size: knob("PROBE_BATCH", 8.0) as usize,
-        steps,
-        lr: knob("PROBE_LR", 1e-3),
         warmup_steps: 50,
-        min_lr_ratio: 0.1,
-        adamw: AdamWConfig::default(),
-        grad_clip: 1.0,
         ema_decay: 0.99,
         caption_dropout: if terminal_share < 1.0 { 0.1 } else { 0.0 },
         foreground_weight: knob("PROBE_FOREGROUND", 0.0),
-        temporal_weight: 0.0,
-        first_frame_share: 0.0,
         shift: knob("PROBE_TRAIN_SHIFT", 3.0),
-        sigma_sampling: SigmaSampling::ShiftedUniform,
         terminal_share,
         checkpoint_every: 1_000_000,
-        max_seconds: None,
-        stop_at: None,
-        fresh_optimizer: false,
-        init_from: None,
-        text_pretrain: None,
         text_local_attention: knob("PROBE_TEXT_LOCAL", 0.0),
-        vae: None,
-        image_steps: None,
+        ..base
     }
 }
 

@@ -1,8 +1,6 @@
 //! Shared by the trainer tests (`#[path]`-included): a word-level tokenizer, captions, tiny configs.
 #![allow(dead_code)]
 use ciak_train::train::dit::{DitArch, TextArch};
-use ciak_train::train::flow::SigmaSampling;
-use ciak_train::train::optim::AdamWConfig;
 use ciak_train::train::DitTrainConfig;
 use std::path::{Path, PathBuf};
 
@@ -29,55 +27,25 @@ pub fn fixture_vae() -> PathBuf {
 
 /// A DiT of 2 layers, dim 48 (2 heads x 24), a 2-layer text encoder of width 32, 16 tokens.
 pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
+    let transformer = DitArch {
+        num_attention_heads: 2,
+        attention_head_dim: 24,
+        ffn_dim: 96,
+        num_layers: 2,
+        freq_dim: 64,
+        patch_size: [1, 2, 2],
+        latent_channels: 16,
+        cross_attn_norm: true,
+        eps: 1e-6,
+        rope_max_seq_len: 1024,
+    };
+    let text_encoder = TextArch::new(32, 4, 2);
     DitTrainConfig {
         seed: 11,
-        transformer: DitArch {
-            num_attention_heads: 2,
-            attention_head_dim: 24,
-            ffn_dim: 96,
-            num_layers: 2,
-            freq_dim: 64,
-            patch_size: [1, 2, 2],
-            latent_channels: 16,
-            cross_attn_norm: true,
-            eps: 1e-6,
-            rope_max_seq_len: 1024,
-        },
-        text_encoder: TextArch {
-            d_model: 32,
-            d_kv: 8,
-            num_heads: 4,
-            num_layers: 2,
-            d_ff: 64,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-        },
-        tokenizer,
-        text_len: 16,
-        batch_size: 2,
-        steps: 6,
-        lr: 1e-3,
         warmup_steps: 2,
-        min_lr_ratio: 0.1,
-        adamw: AdamWConfig::default(),
-        grad_clip: 1.0,
         ema_decay: 0.99,
         caption_dropout: 0.25,
-        foreground_weight: 0.0,
-        temporal_weight: 0.0,
-        first_frame_share: 0.0,
-        shift: 3.0,
-        sigma_sampling: SigmaSampling::ShiftedUniform,
-        terminal_share: 0.0,
         checkpoint_every: 3,
-        max_seconds: None,
-        stop_at: None,
-        fresh_optimizer: false,
-        init_from: None,
-        text_pretrain: None,
-        text_local_attention: 0.0,
-        vae: None,
-        image_steps: None,
+        ..DitTrainConfig::new(transformer, text_encoder, tokenizer, 2, 6, 1e-3)
     }
 }

@@ -52,6 +52,25 @@ pub struct DitArch {
     pub rope_max_seq_len: usize,
 }
 
+impl DitArch {
+    /// `heads` heads of 64 channels, a 4x feed-forward, `layers` blocks, patches of 1 x `patch` x
+    /// `patch` over `latent_channels`; the rest at the JSON defaults.
+    pub fn new(heads: usize, layers: usize, patch: usize, latent_channels: usize) -> Self {
+        Self {
+            num_attention_heads: heads,
+            attention_head_dim: 64,
+            ffn_dim: heads * 64 * 4,
+            num_layers: layers,
+            freq_dim: defaults::freq_dim(),
+            patch_size: [1, patch, patch],
+            latent_channels,
+            cross_attn_norm: defaults::yes(),
+            eps: defaults::eps(),
+            rope_max_seq_len: defaults::rope_max_seq_len(),
+        }
+    }
+}
+
 /// The text encoder's size; the rest of `Umt5Config` follows UMT5 (gated GELU, 32 buckets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +86,23 @@ pub struct TextArch {
     pub relative_attention_max_distance: usize,
     #[serde(default = "defaults::eps")]
     pub layer_norm_epsilon: f64,
+}
+
+impl TextArch {
+    /// Width `d_model` split over `num_heads` heads, a 2x feed-forward, `num_layers` blocks; the
+    /// rest at the JSON defaults.
+    pub fn new(d_model: usize, num_heads: usize, num_layers: usize) -> Self {
+        Self {
+            d_model,
+            d_kv: d_model / num_heads.max(1),
+            num_heads,
+            num_layers,
+            d_ff: 2 * d_model,
+            relative_attention_num_buckets: defaults::buckets(),
+            relative_attention_max_distance: defaults::max_distance(),
+            layer_norm_epsilon: defaults::eps(),
+        }
+    }
 }
 
 mod defaults {
@@ -267,6 +303,44 @@ impl ImageSteps {
 }
 
 impl DitTrainConfig {
+    /// A run of `steps` steps at batch `batch_size` and peak learning rate `lr` with every other
+    /// setting at its JSON default (off for the optional terms, the values of [`defaults`]
+    /// otherwise; seed 0, 16 text tokens, no warm-up): the base that probes and tests change with
+    /// struct update syntax, so a new setting needs its default in one place only.
+    pub fn new(transformer: DitArch, text_encoder: TextArch, tokenizer: PathBuf, batch_size: usize, steps: u64, lr: f64) -> Self {
+        Self {
+            seed: 0,
+            transformer,
+            text_encoder,
+            tokenizer,
+            text_len: 16,
+            batch_size,
+            steps,
+            lr,
+            warmup_steps: 0,
+            min_lr_ratio: defaults::min_lr_ratio(),
+            adamw: AdamWConfig::default(),
+            grad_clip: defaults::grad_clip(),
+            ema_decay: defaults::ema_decay(),
+            caption_dropout: defaults::caption_dropout(),
+            foreground_weight: 0.0,
+            temporal_weight: 0.0,
+            first_frame_share: 0.0,
+            shift: defaults::shift(),
+            sigma_sampling: defaults::sigma_sampling(),
+            terminal_share: 0.0,
+            checkpoint_every: defaults::checkpoint_every(),
+            max_seconds: None,
+            stop_at: None,
+            fresh_optimizer: false,
+            text_pretrain: None,
+            text_local_attention: 0.0,
+            vae: None,
+            init_from: None,
+            image_steps: None,
+        }
+    }
+
     /// Reads a JSON config; relative paths are taken from the file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
@@ -1276,6 +1350,27 @@ mod tests {
         let ln = MINIMAL.replace("\"lr\": 3e-4", "\"lr\": 3e-4, \"sigma_sampling\": {\"kind\": \"logit_normal\", \"mean\": 0.0, \"std\": 1.0}");
         let cfg: DitTrainConfig = serde_json::from_str(&ln).unwrap();
         assert_eq!(cfg.sigma_sampling, SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 });
+    }
+
+    /// `DitTrainConfig::new`, `DitArch::new` and `TextArch::new` give what the same settings read
+    /// from JSON give: their defaults are the JSON defaults.
+    #[test]
+    fn constructors_match_the_json_defaults() {
+        let json = r#"{
+            "seed": 0,
+            "transformer": {"num_attention_heads": 3, "attention_head_dim": 64, "ffn_dim": 768, "num_layers": 2,
+                            "patch_size": [1, 4, 4], "latent_channels": 8},
+            "text_encoder": {"d_model": 64, "d_kv": 16, "num_heads": 4, "num_layers": 1, "d_ff": 128},
+            "tokenizer": "tokenizer.json",
+            "text_len": 16,
+            "batch_size": 4,
+            "steps": 100,
+            "lr": 1e-3,
+            "warmup_steps": 0
+        }"#;
+        let from_json: DitTrainConfig = serde_json::from_str(json).unwrap();
+        let built = DitTrainConfig::new(DitArch::new(3, 2, 4, 8), TextArch::new(64, 4, 1), "tokenizer.json".into(), 4, 100, 1e-3);
+        assert_eq!(built, from_json);
     }
 
     #[test]
