@@ -85,7 +85,7 @@ for (name, flags), seeds in rows.items():
     sums = [json.load(open(f"{out}/{name}-s{s}/results.json"))["summary"] for s in seeds]
     mean = lambda f: sum(f(s) for s in sums) / len(sums)
     single = [pct(mean(lambda s, k=k: s["single"][k])) for k in ("color", "shape", "motion", "background")]
-    has_pair = all(s.get("pair") for s in sums)
+    has_pair = all(s.get("pair") and s["pair"][0]["count"] > 0 for s in sums)
     pair = [
         f"{pct(mean(lambda s, k=k: s['pair'][0][k]))} / {pct(mean(lambda s, k=k: s['pair'][1][k]))}"
         if has_pair else "-"
