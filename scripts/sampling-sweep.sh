@@ -4,7 +4,7 @@
 # two-object columns averaged over seeds, with flicker. The figures of docs/eval.md, "Sampling
 # settings of the third model".
 #
-#   scripts/sampling-sweep.sh                                  # the defaults below
+#   scripts/sampling-sweep.sh                                  # the table of docs/eval.md
 #   SETTINGS="g3|--guidance 3;g5|--guidance 5" SEEDS="0 100" scripts/sampling-sweep.sh
 #   MODEL=target/run/model PROMPTS=eval/prompts.json LANES=2 scripts/sampling-sweep.sh
 #
@@ -19,7 +19,7 @@ PROMPTS=${PROMPTS:-eval/prompts-single-plain.json}
 SEEDS=${SEEDS:-"0 100"}
 LANES=${LANES:-2}
 OUT=${OUT:-target/sampling-sweep}
-SETTINGS=${SETTINGS:-"default|;g2|--guidance 2;g4|--guidance 4;g5|--guidance 5;g3-below09|--guidance-below 0.9;g3-20steps|--steps 20;g5-below09|--guidance 5 --guidance-below 0.9"}
+SETTINGS=${SETTINGS:-"default|;g2|--guidance 2;g4|--guidance 4;g5|--guidance 5;g3-below09|--guidance-below 0.9;g3-20steps|--steps 20"}
 
 cargo build --release --locked -p ciak >&2
 bin=target/release/ciak
