@@ -4,7 +4,7 @@
 //! measure sees alternating frames and ignores steady change.
 use ciak_train::eval::analyze::{analyze, BackgroundKind};
 use ciak_train::eval::prompts::{EvalPrompt, EvalSet, Expected};
-use ciak_train::eval::score::{score, summarize, Accuracy, PromptScore, BAR_FLICKER};
+use ciak_train::eval::score::{score, single_breakdown, summarize, Accuracy, ObjectScore, PromptScore, BAR_FLICKER};
 use ciak_train::eval::{h264_roundtrip, Flicker};
 use ciak_train::world::{render, sample_scene, Background, Clip, Color, Motion, SamplerConfig, Scene, Shape};
 use ciak_train::{Rng, Split};
@@ -304,4 +304,38 @@ fn flicker_sees_jumping_frames_not_steady_change() {
     // One frame off by 10 levels shows as the worst frame.
     let one = analyze(&shifted(&|f| if f == 12 { 10.0 } else { 0.0 }), 1).flicker;
     assert!(one.peak > 9.0 && one.mean < one.peak / 5.0, "{one:?}");
+}
+
+/// The report's split of single-object prompts: every group counts its own prompts, and a model
+/// that loses the colour of travelling objects only shows it in those rows.
+#[test]
+fn single_breakdown_splits_by_case() {
+    let set = EvalSet::builtin();
+    let travels = |e: &Expected| !matches!(e.objects[0].motion, Motion::Still | Motion::Grow | Motion::Shrink | Motion::Spin);
+    let scores: Vec<PromptScore> = set
+        .prompts
+        .iter()
+        .map(|p| PromptScore {
+            background: true,
+            background_kind: true,
+            objects: p
+                .expected
+                .objects
+                .iter()
+                .map(|_| ObjectScore { found: true, color: p.object_count() != 1 || !travels(&p.expected), shape: true, motion: true })
+                .collect(),
+        })
+        .collect();
+    let rows = single_breakdown(set.prompts.iter().zip(&scores).map(|(p, s)| (&p.expected, s)));
+    let get = |name: &str| rows.iter().find(|(n, _)| n.starts_with(name)).map(|(_, a)| *a).unwrap_or_else(|| panic!("no row {name}: {rows:?}"));
+    let singles = set.prompts.iter().filter(|p| p.object_count() == 1).count();
+    let by_kind: usize = ["background plain", "background sky_ground", "background checkerboard", "background gradient"].iter().map(|k| get(k).count).sum();
+    assert_eq!(by_kind, singles);
+    let (moving, still) = (get("travelling"), get("in place"));
+    assert_eq!(moving.count + still.count, singles);
+    assert!(moving.count > 0 && still.count > 0);
+    assert_eq!((moving.color, still.color), (0.0, 1.0));
+    assert_eq!((moving.shape, still.shape), (1.0, 1.0));
+    let by_shape: usize = ["shape circle", "shape square", "shape triangle", "shape star"].iter().map(|k| get(k).count).sum();
+    assert_eq!(by_shape, singles);
 }

@@ -2,7 +2,7 @@
 //! `results.json` (everything the analyzer read, per prompt) and `contact_sheet.png` (first,
 //! middle and last frame of every clip, a green or red bar for all-correct or not).
 use super::analyze::{flicker_definition, limits};
-use super::score::{Accuracy, Summary, BAR_FLICKER, BAR_PAIR, BAR_SINGLE};
+use super::score::{single_breakdown, Accuracy, Summary, BAR_FLICKER, BAR_PAIR, BAR_SINGLE};
 use super::{io_err, EvalReport, PromptResult, Result};
 use crate::preview::write_png;
 use std::fmt::Write as _;
@@ -111,6 +111,15 @@ pub fn markdown(report: &EvalReport, command: &str) -> String {
         "\nBar: every attribute >= {} on single-object prompts, >= {} for each object of two-object prompts, flicker mean <= {}.",
         BAR_SINGLE, BAR_PAIR, BAR_FLICKER
     );
+    let cases = single_breakdown(report.results.iter().map(|r| (&r.expected, &r.score)));
+    if !cases.is_empty() {
+        out.push_str("\n## Single-object prompts by case\n\n");
+        out.push_str("| case | n | colour | shape | motion | background | all right |\n|---|---|---|---|---|---|---|\n");
+        for (case, a) in &cases {
+            out.push_str(&row(case, a, BAR_SINGLE));
+            out.push('\n');
+        }
+    }
     out.push_str("\n## Flicker measure\n\n");
     out.push_str(flicker_definition());
     out.push_str("\n\n## Timings\n\n");

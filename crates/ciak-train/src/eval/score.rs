@@ -1,6 +1,8 @@
 //! Scoring an analysis against what the prompt asked for, and the accuracy table with its bar.
 use super::analyze::{Analysis, Flicker};
+use super::analyze::BackgroundKind;
 use super::prompts::Expected;
+use crate::world::{Motion, Shape};
 use serde::{Deserialize, Serialize};
 
 /// The bar of issue 5: every attribute of single-object prompts at least this accurate.
@@ -157,4 +159,26 @@ pub fn summarize(results: &[(usize, PromptScore, Flicker)]) -> Summary {
         failures.push("no prompts were scored".into());
     }
     Summary { single, pair, flicker_mean, flicker_worst_clip, flicker_peak, passes: failures.is_empty(), failures }
+}
+
+/// Single-object accuracy split by what the prompt asked, to show where a model (or a VAE round
+/// trip) loses its points: per background kind, objects that travel against objects that stay in
+/// place (still, grow, shrink, spin), and per shape. Groups no prompt falls in are left out.
+pub fn single_breakdown<'a>(results: impl Iterator<Item = (&'a Expected, &'a PromptScore)> + Clone) -> Vec<(String, Accuracy)> {
+    let singles = results.filter(|(e, s)| e.objects.len() == 1 && s.objects.len() == 1);
+    let group = |name: String, keep: &dyn Fn(&Expected) -> bool| {
+        (name, accuracy(singles.clone().filter(|(e, _)| keep(e)).map(|(_, s)| (&s.objects[0], s.background))))
+    };
+    let in_place = |m: Motion| matches!(m, Motion::Still | Motion::Grow | Motion::Shrink | Motion::Spin);
+    let mut rows = Vec::new();
+    for kind in BackgroundKind::ALL {
+        rows.push(group(format!("background {}", kind.name()), &|e| e.background.kind == kind));
+    }
+    rows.push(group("travelling (left ... bounce)".into(), &|e| !in_place(e.objects[0].motion)));
+    rows.push(group("in place (still, grow, shrink, spin)".into(), &|e| in_place(e.objects[0].motion)));
+    for shape in Shape::ALL {
+        rows.push(group(format!("shape {}", format!("{shape:?}").to_lowercase()), &|e| e.objects[0].shape == shape));
+    }
+    rows.retain(|(_, a)| a.count > 0);
+    rows
 }
