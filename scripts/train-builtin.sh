@@ -10,7 +10,7 @@
 # RAYON_NUM_THREADS (default 2, the build machine's cores).
 #
 # Stages, with the time each took when the shipped model was made on the 2-core build machine
-# (docs/training.md, "The run behind models/builtin"; about 6 h 45 min in order):
+# (docs/training.md, "The run behind models/builtin"; about 8 h 5 min in order, plus 11 min of H200):
 #   1. VAE, train/vae-x4.json, steps 1-1500 of its 6000-step schedule (= train/vae-x4-1500)  48 min
 #   2. VAE, train/vae-x4-full.json from stage 1: encoder and decoder, 4000 more steps with the
 #      object weighting (= train/vae-x4f)                                                1 h 43 min
@@ -25,6 +25,9 @@
 #      32, train/dit-x4r7-gpu.json: 1598 steps, clips only, with the motion term     33 s + 7 min 7 s on an H200
 #   9. the same run on, train/dit-x4r7b-gpu.json (a 2500-step schedule entered at step 1598:
 #      a warm restart), steps 1599-2327                                          3 min 20 s on an H200
+#  10. VAE, train/vae-x4f8-decoder2.json from stage 4: the decoder alone again, on 25-frame
+#      windows only, objects weighted 7 times, 1800 steps (same latent space, so stages 5-9
+#      stand); its decoder replaces stage 4's in the model folder                 1 h 21 min, 1 thread
 # Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
 # FEATURES=cuda; scripts/gpu-train.sh runs them on the lent GPU machine, which has no Rust), about
 # a day on the 2-core build machine (0.76 clips/s at 2 threads).
@@ -121,10 +124,16 @@ run_stage "$OUT/dit4" "$DIT4_STOP" "$OUT/dit4/model/ciak.json" "$ciak" train dit
 MODEL="$OUT/dit4/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 
-# swap the folder in whole
+# 10: a second decoder fine-tune; the encoder and the latent statistics stay stage 4's
+run_stage "$OUT/vae-d2" "$(config_steps train/vae-x4f8-decoder2.json)" "$OUT/vae-d2/vae/config.json" "$ciak" train vae \
+    --config train/vae-x4f8-decoder2.json --init-from "$OUT/vae-d/vae" --out "$OUT/vae-d2"
+
+# swap the folder in whole, with stage 10's decoder
 rm -rf models/builtin.new
 mkdir -p models
 cp -r "$MODEL" models/builtin.new
+rm -rf models/builtin.new/vae
+cp -r "$OUT/vae-d2/vae" models/builtin.new/vae
 rm -rf models/builtin
 mv models/builtin.new models/builtin
 echo "models/builtin updated from $MODEL"
