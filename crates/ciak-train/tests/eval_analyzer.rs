@@ -311,7 +311,7 @@ fn flicker_sees_jumping_frames_not_steady_change() {
 #[test]
 fn single_breakdown_splits_by_case() {
     let set = EvalSet::builtin();
-    let travels = |e: &Expected| !matches!(e.objects[0].motion, Motion::Still | Motion::Grow | Motion::Shrink | Motion::Spin);
+    let travels = |e: &Expected| !e.objects[0].motion.in_place();
     let scores: Vec<PromptScore> = set
         .prompts
         .iter()

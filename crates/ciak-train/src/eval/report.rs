@@ -2,7 +2,7 @@
 //! `results.json` (everything the analyzer read, per prompt) and `contact_sheet.png` (first,
 //! middle and last frame of every clip, a green or red bar for all-correct or not).
 use super::analyze::{flicker_definition, limits};
-use super::score::{single_breakdown, Accuracy, Summary, BAR_FLICKER, BAR_PAIR, BAR_SINGLE};
+use super::score::{serde_name as name, single_breakdown, Accuracy, Summary, BAR_FLICKER, BAR_PAIR, BAR_SINGLE};
 use super::{io_err, EvalReport, PromptResult, Result};
 use crate::preview::write_png;
 use std::fmt::Write as _;
@@ -49,13 +49,6 @@ pub fn summary_table(s: &Summary) -> String {
     out
 }
 
-/// The serde name of an attribute value ("down_right", "sky_ground").
-fn name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "?".into(),
-    }
-}
 
 fn expected_text(r: &PromptResult) -> String {
     let objs: Vec<String> =

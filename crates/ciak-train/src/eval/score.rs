@@ -1,8 +1,7 @@
 //! Scoring an analysis against what the prompt asked for, and the accuracy table with its bar.
-use super::analyze::{Analysis, Flicker};
-use super::analyze::BackgroundKind;
+use super::analyze::{Analysis, BackgroundKind, Flicker};
 use super::prompts::Expected;
-use crate::world::{Motion, Shape};
+use crate::world::Shape;
 use serde::{Deserialize, Serialize};
 
 /// The bar of issue 5: every attribute of single-object prompts at least this accurate.
@@ -169,16 +168,23 @@ pub fn single_breakdown<'a>(results: impl Iterator<Item = (&'a Expected, &'a Pro
     let group = |name: String, keep: &dyn Fn(&Expected) -> bool| {
         (name, accuracy(singles.clone().filter(|(e, _)| keep(e)).map(|(_, s)| (&s.objects[0], s.background))))
     };
-    let in_place = |m: Motion| matches!(m, Motion::Still | Motion::Grow | Motion::Shrink | Motion::Spin);
     let mut rows = Vec::new();
     for kind in BackgroundKind::ALL {
         rows.push(group(format!("background {}", kind.name()), &|e| e.background.kind == kind));
     }
-    rows.push(group("travelling (left ... bounce)".into(), &|e| !in_place(e.objects[0].motion)));
-    rows.push(group("in place (still, grow, shrink, spin)".into(), &|e| in_place(e.objects[0].motion)));
+    rows.push(group("travelling (left ... bounce)".into(), &|e| !e.objects[0].motion.in_place()));
+    rows.push(group("in place (still, grow, shrink, spin)".into(), &|e| e.objects[0].motion.in_place()));
     for shape in Shape::ALL {
-        rows.push(group(format!("shape {}", format!("{shape:?}").to_lowercase()), &|e| e.objects[0].shape == shape));
+        rows.push(group(format!("shape {}", serde_name(&shape)), &|e| e.objects[0].shape == shape));
     }
     rows.retain(|(_, a)| a.count > 0);
     rows
+}
+
+/// The serde name of an attribute value ("down_right", "sky_ground"), as results.json spells it.
+pub fn serde_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
 }

@@ -172,6 +172,11 @@ impl Motion {
     pub fn is_diagonal(self) -> bool {
         matches!(self, Motion::UpLeft | Motion::UpRight | Motion::DownLeft | Motion::DownRight)
     }
+
+    /// Whether the object keeps its place (still, grow, shrink, spin) rather than travelling.
+    pub fn in_place(self) -> bool {
+        matches!(self, Motion::Still | Motion::Grow | Motion::Shrink | Motion::Spin)
+    }
 }
 
 /// One shape in the scene.
