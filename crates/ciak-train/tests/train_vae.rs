@@ -293,8 +293,22 @@ fn decoder_fine_tune_keeps_the_encoder_and_its_latent_space() {
     let err = VaeTrainer::new(&other, &dev).err().expect("another architecture is refused").to_string();
     assert!(err.contains("expected a VAE of (base_dim"), "{err}");
 
-    // a wider decoder behind the same encoder: the encoder loads, the decoder starts fresh
+    // a wider decoder behind the same encoder: the encoder loads, and the decoder, twice as wide,
+    // starts as the folder's widened: the same pixels from the same latents
     let wide = VaeTrainConfig { vae: VaeArch { decoder_base_dim: Some(8), ..fine.vae.clone() }, ..fine.clone() };
+    let narrow = load_vae(&base.join("vae"), &dev).unwrap();
+    let widened = VaeTrainer::new(&wide, &dev).unwrap().ema_vae().unwrap();
+    let z = (Tensor::randn(0f32, 1.0, (1, 16, 3, 4, 4), &dev).unwrap() * 0.5).unwrap();
+    let (want, got) = (narrow.decode(&z).unwrap(), widened.decode(&z).unwrap());
+    assert_eq!(want.dims(), got.dims());
+    let diff = max_abs(&(&want - &got).unwrap());
+    assert!(diff < 1e-4 && max_abs(&want) > 1e-2, "widened decoder: max difference {diff}");
+    assert!(max_abs(&want) < 1.0, "the clip is not clamped flat");
+    // a width that is no whole multiple starts fresh
+    let odd = VaeTrainConfig { vae: VaeArch { decoder_base_dim: Some(6), ..fine.vae.clone() }, ..fine.clone() };
+    let fresh = VaeTrainer::new(&odd, &dev).unwrap().ema_vae().unwrap();
+    let far = max_abs(&(&want - &fresh.decode(&z).unwrap()).unwrap());
+    assert!(far > 1e-2, "a fresh decoder draws something else: {far}");
     let wide_out = tmp.path().join("wide");
     run_vae_training(&wide, &wide_out, false, &mut |_| {}).unwrap();
     let wider = load(&wide_out.join("vae"));

@@ -21,6 +21,7 @@ pub mod optim;
 pub mod text;
 pub mod vae;
 pub mod vae_reduce;
+pub mod vae_widen;
 
 pub use dit::{run_dit_training, DitTrainConfig, TrainSummary};
 pub use latents::{build_latent_cache, CachedLatents, LatentCacheConfig};

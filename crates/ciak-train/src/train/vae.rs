@@ -27,6 +27,7 @@ use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::DIFFUSERS_VERSION;
 use super::flow::TrainRng;
 use super::foreground::pixel_mask;
+use super::vae_widen::widen_tensor;
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::{Result, TrainError, TrainEvent};
@@ -322,6 +323,7 @@ const CROP_SALT: u64 = 0xC80B_0000_0000_0001;
 const EVAL_SALT: u64 = 0xE7A1_0000_0000_0002;
 const STATS_SALT: u64 = 0x57A7_0000_0000_0003;
 const IMAGE_SALT: u64 = 0x1A6E_0000_0000_0004;
+const WIDEN_SALT: u64 = 0x3D1E_0000_0000_0005;
 
 /// PyTorch's default init of the (diffusers) VAE, which defines no init of its own: conv weights
 /// and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)), RMS gains 1.
@@ -408,13 +410,17 @@ impl TrainableVae {
     }
 
     /// Loads the weights of a trained VAE folder; returns its latent statistics. A decoder of
-    /// another width than the folder's keeps its fresh weights (only when `train` is the
-    /// decoder: a wider decoder trained behind the folder's encoder).
+    /// another width than the folder's (only when `train` is the decoder: a wider decoder
+    /// trained behind the folder's encoder) starts as the folder's decoder widened
+    /// ([`widen_tensor`]) when its width is a whole multiple of the folder's, and from its fresh
+    /// weights otherwise.
     fn load_folder(&self, dir: &Path, train: VaeTrainPart) -> Result<(Vec<f64>, Vec<f64>)> {
         let bad = |message: String| TrainError::Config { path: dir.to_path_buf(), message };
         let cfg: AutoencoderKLWanConfig = read_config(dir)?;
         let width = |c: &AutoencoderKLWanConfig| c.decoder_base_dim.unwrap_or(c.base_dim);
-        let fresh_decoder = width(&cfg) != width(&self.cfg);
+        let (old_width, new_width) = (width(&cfg), width(&self.cfg));
+        let fresh_decoder = old_width != new_width;
+        let widen_by = (fresh_decoder && new_width % old_width == 0).then_some(new_width / old_width);
         if fresh_decoder && train != VaeTrainPart::Decoder {
             return Err(bad(format!(
                 "expected a decoder of width {} as in this folder, got {} (a decoder of another width trains \
@@ -435,10 +441,14 @@ impl TrainableVae {
         }
         let weights = folder_weights(dir, &self.device)?;
         for (name, var) in sorted_vars(&self.vars) {
+            let t = weights.get(&name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))?;
             if fresh_decoder && VaeTrainPart::Decoder.trains(&name) {
+                if let Some(k) = widen_by {
+                    let mut rng = TrainRng::new(WIDEN_SALT ^ name_hash(&name));
+                    var.set(&widen_tensor(&name, t, var.dims(), k, &mut rng)?)?;
+                }
                 continue;
             }
-            let t = weights.get(&name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))?;
             if t.dims() != var.dims() {
                 return Err(bad(format!("`{name}`: expected shape {:?}, got {:?}", var.dims(), t.dims())));
             }
