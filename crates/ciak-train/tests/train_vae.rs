@@ -90,6 +90,19 @@ fn committed_config_is_valid() {
     )
     .unwrap();
     assert!(VaeTrainConfig::from_file(&bad).is_err());
+
+    // every committed VAE setting (train/vae*.json) parses and validates
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.file_name().unwrap().to_str().unwrap().starts_with("vae"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    for path in &files {
+        let cfg = VaeTrainConfig::from_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 #[test]

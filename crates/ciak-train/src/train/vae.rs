@@ -419,9 +419,9 @@ impl TrainableVae {
         let cfg: AutoencoderKLWanConfig = read_config(dir)?;
         let width = |c: &AutoencoderKLWanConfig| c.decoder_base_dim.unwrap_or(c.base_dim);
         let (old_width, new_width) = (width(&cfg), width(&self.cfg));
-        let fresh_decoder = old_width != new_width;
-        let widen_by = (fresh_decoder && new_width % old_width == 0).then_some(new_width / old_width);
-        if fresh_decoder && train != VaeTrainPart::Decoder {
+        let other_width = old_width != new_width;
+        let widen_by = (other_width && new_width % old_width == 0).then_some(new_width / old_width);
+        if other_width && train != VaeTrainPart::Decoder {
             return Err(bad(format!(
                 "expected a decoder of width {} as in this folder, got {} (a decoder of another width trains \
                  from fresh weights, with \"train\": \"decoder\")",
@@ -442,7 +442,7 @@ impl TrainableVae {
         let weights = folder_weights(dir, &self.device)?;
         for (name, var) in sorted_vars(&self.vars) {
             let t = weights.get(&name).ok_or_else(|| bad(format!("expected a weight `{name}`, found none")))?;
-            if fresh_decoder && VaeTrainPart::Decoder.trains(&name) {
+            if other_width && VaeTrainPart::Decoder.trains(&name) {
                 if let Some(k) = widen_by {
                     let mut rng = TrainRng::new(WIDEN_SALT ^ name_hash(&name));
                     var.set(&widen_tensor(&name, t, var.dims(), k, &mut rng)?)?;
