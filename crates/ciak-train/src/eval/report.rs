@@ -49,7 +49,6 @@ pub fn summary_table(s: &Summary) -> String {
     out
 }
 
-
 fn expected_text(r: &PromptResult) -> String {
     let objs: Vec<String> =
         r.expected.objects.iter().map(|o| format!("{} {} {}", o.color.name(), name(&o.shape), name(&o.motion))).collect();

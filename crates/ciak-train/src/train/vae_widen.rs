@@ -81,7 +81,7 @@ pub fn widen_tensor(name: &str, old: &Tensor, new_dims: &[usize], k: usize, rng:
     let q_scale = if wide_out && name.contains(".to_qkv.") { 1.0 / (k as f32).sqrt() } else { 1.0 };
     let q_rows = new_out / 3;
     let mut out = vec![0f32; new_out * new_in * inner];
-    let mut shares = vec![0f32; k];
+    let (mut draws, mut shares) = (vec![0f64; k], vec![0f32; k]);
     for o in 0..new_out {
         let so = if wide_out { source_channel(o, old_out, groups, k) } else { o };
         let scale = if o < q_rows { q_scale } else { 1.0 };
@@ -93,7 +93,7 @@ pub fn widen_tensor(name: &str, old: &Tensor, new_dims: &[usize], k: usize, rng:
                     continue;
                 }
                 // shares (1 + (a_r - mean a) / 2) / k with a_r uniform: positive, summing to 1
-                let draws: Vec<f64> = (0..k).map(|_| rng.uniform()).collect();
+                draws.iter_mut().for_each(|a| *a = rng.uniform());
                 let mean = draws.iter().sum::<f64>() / k as f64;
                 for (s, a) in shares.iter_mut().zip(&draws) {
                     *s = ((1.0 + (a - mean) / 2.0) / k as f64) as f32;
