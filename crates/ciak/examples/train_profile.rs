@@ -5,6 +5,7 @@
 //! VAE encode of the latent cache (render vs encode) when a VAE folder is given.
 //!
 //! `cargo run --release -p ciak --example train_profile -- CONFIG DEVICE [BATCHES] [STEPS] [VAE] [LATENTS]`
+//! (`PROFILE_MICRO_BATCHES=N`: split each batch into N parts instead of the trainer's default)
 //! e.g. `... train/dit-x4-gpu.json cuda 4,32,64 6 .gpu/vae` (with `--features cuda`).
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use ciak_models::wan::ops;
@@ -86,6 +87,10 @@ fn main() -> Res<()> {
     for &b in &batches {
         let cfg = DitTrainConfig { batch_size: b, ..base.clone() };
         let mut trainer = DitTrainer::new(&cfg, &device)?;
+        // the trainer's default: one part per thread on the CPU, 1 on a GPU
+        if let Ok(parts) = std::env::var("PROFILE_MICRO_BATCHES") {
+            trainer.set_micro_batches(parts.parse()?);
+        }
         let captions = vec!["a red ball moves to the right on a blue background".to_string(), "a blue box".into()];
         // the latent cache when one is given (real captions, foreground weights, three aspects)
         let mut source: Box<dyn LatentSource> = match args.get(6) {

@@ -12,17 +12,19 @@
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
 use super::flow::{
-    condition_first_frames, drop_captions, flow_batch, mse, temporal_mse, weight_product, weighted_mse, SigmaSampling, TrainRng,
+    condition_first_frames, drop_captions, flow_batch, squared_error, temporal_error, weight_product, SigmaSampling, TermSum, TrainRng,
 };
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
-use super::optim::{clip_factor, current_tensors, grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Param};
+use super::optim::{clip_factor, current_tensors, grad_norm, sum_grads, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
 use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ciak_engine::text::{PromptTokenizer, TextEncoder};
 use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use ciak_models::wan::umt5::{relative_position_bucket, Umt5Config, Umt5EncoderModel};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -189,7 +191,7 @@ pub struct DitTrainConfig {
     /// it the gradient is almost all background.
     #[serde(default)]
     pub foreground_weight: f64,
-    /// Weight of the motion term added to the loss on clip steps ([`temporal_mse`]: the
+    /// Weight of the motion term added to the loss on clip steps ([`temporal_error`]: the
     /// frame-to-frame change of the predicted clean clip's error, weighted like the main term).
     /// The plain MSE lets a blob that stays where the object starts pass for most of a moving
     /// object; this term charges it the object's travel. 0: off.
@@ -232,6 +234,12 @@ pub struct DitTrainConfig {
     /// when its 2x-sized optimizer state cannot travel (the GPU machine's transfer limits).
     #[serde(default)]
     pub fresh_optimizer: bool,
+    /// Parts each batch is split into, run side by side, their gradients summed
+    /// ([`DitTrainer::set_micro_batches`]): how a batch uses every CPU core. The same step up to
+    /// the order of float sums, so it may change between invocations of one run. `None`: one per
+    /// thread of the pool on the CPU, 1 on a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batches: Option<usize>,
     /// Pretrain the text encoder on the world's captions before the DiT and keep it frozen
     /// through the DiT run, as Wan's UMT5 is (see `train::text`); `None`: the encoder trains
     /// jointly with the DiT from scratch.
@@ -333,6 +341,7 @@ impl DitTrainConfig {
             max_seconds: None,
             stop_at: None,
             fresh_optimizer: false,
+            micro_batches: None,
             text_pretrain: None,
             text_local_attention: 0.0,
             vae: None,
@@ -381,6 +390,7 @@ impl DitTrainConfig {
             ("text_len", self.text_len),
             ("batch_size", self.batch_size),
             ("steps", self.steps as usize),
+            ("micro_batches", self.micro_batches.unwrap_or(1)),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("expected {name} >= 1, got 0"));
@@ -681,12 +691,7 @@ impl DitModels {
     }
 
     /// The flow-matching loss of one batch for given noise and noise levels (a scalar that
-    /// tracks gradients).
-    ///
-    /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean;
-    /// `temporal_weight` > 0 adds that much of the motion term ([`temporal_mse`]) on clips;
-    /// `clean_first[b]` gives sample b its first latent frame clean ([`condition_first_frames`];
-    /// empty: none).
+    /// tracks gradients): [`Self::loss_terms`] as the batch's own means.
     #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
@@ -698,6 +703,27 @@ impl DitModels {
         temporal_weight: f64,
         clean_first: &[bool],
     ) -> Result<Tensor> {
+        let terms = self.loss_terms(latents, captions, noise, sigmas, weights, temporal_weight, clean_first)?;
+        terms.combine(terms.totals(), temporal_weight)
+    }
+
+    /// The terms of the flow-matching loss of one batch, as sums and their weights.
+    ///
+    /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean;
+    /// `temporal_weight` > 0 adds the motion term ([`temporal_error`]) on clips;
+    /// `clean_first[b]` gives sample b its first latent frame clean ([`condition_first_frames`];
+    /// empty: none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_terms(
+        &self,
+        latents: &Tensor,
+        captions: &[String],
+        noise: &Tensor,
+        sigmas: &[f32],
+        weights: Option<&Tensor>,
+        temporal_weight: f64,
+        clean_first: &[bool],
+    ) -> Result<LossTerms> {
         let fb = flow_batch(latents, noise, sigmas)?;
         let (fb, frame_mask) = if clean_first.is_empty() {
             (fb, None)
@@ -712,15 +738,36 @@ impl DitModels {
         // a frozen encoder needs no backward pass through it
         let context = if self.text_frozen { context.detach() } else { context };
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
-        let main = match &main_weights {
-            None => mse(&pred, &fb.target)?,
-            Some(w) => weighted_mse(&pred, &fb.target, w)?,
+        let main = squared_error(&pred, &fb.target, main_weights.as_ref())?;
+        let motion = if temporal_weight == 0.0 {
+            None
+        } else {
+            temporal_error(&pred, &fb.target, sigmas, weights, frame_mask.as_ref())?
         };
-        if temporal_weight == 0.0 {
-            return Ok(main);
-        }
-        Ok(match temporal_mse(&pred, &fb.target, sigmas, weights, frame_mask.as_ref())? {
-            Some(motion) => (main + (motion * temporal_weight)?)?,
+        Ok(LossTerms { main, motion })
+    }
+}
+
+/// The loss of a batch (or of a part of one) before its terms are made means.
+pub struct LossTerms {
+    /// The flow-matching (velocity) error.
+    pub main: TermSum,
+    /// The motion term ([`temporal_error`]); `None` when off or on one-frame latents.
+    pub motion: Option<TermSum>,
+}
+
+impl LossTerms {
+    /// The terms' own weights (main, motion; 0 where there is no motion term).
+    pub fn totals(&self) -> (f64, f64) {
+        (self.main.weight, self.motion.as_ref().map_or(0.0, |m| m.weight))
+    }
+
+    /// `main / totals.0 + temporal_weight * motion / totals.1`: with the terms' own totals, the
+    /// batch's loss; with a whole batch's totals, this part's share of it.
+    pub fn combine(&self, totals: (f64, f64), temporal_weight: f64) -> Result<Tensor> {
+        let main = self.main.over(totals.0)?;
+        Ok(match &self.motion {
+            Some(motion) => (main + (motion.over(totals.1)? * temporal_weight)?)?,
             None => main,
         })
     }
@@ -843,6 +890,21 @@ pub struct DitTrainer {
     vocab_size: usize,
     /// The step at which AdamW last started afresh: the learning rate ramps up again from there.
     rewarm_from: Option<u64>,
+    /// Parts each batch is split into, run side by side ([`Self::set_micro_batches`]).
+    micro_batches: usize,
+}
+
+/// `n` samples as up to `parts` runs of consecutive ones, as even as can be: (start, count).
+fn split_batch(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let count = n / parts + usize::from(i < n % parts);
+            start += count;
+            (start - count, count)
+        })
+        .collect()
 }
 
 /// What one step did.
@@ -914,7 +976,20 @@ impl DitTrainer {
         // a stream apart from the init streams (those are seeded with seed ^ hash(name))
         let rng = TrainRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
         let cfg = cfg.clone();
-        Ok(Self { cfg, models, params, frozen, text_report, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None })
+        // on the CPU one part per thread: candle runs most element-wise ops (and their backward) on
+        // one thread, so a batch split across the threads keeps every core busy; a GPU is fed best
+        // by one large batch
+        let micro_batches = cfg.micro_batches.unwrap_or(if device.is_cpu() { rayon::current_num_threads() } else { 1 });
+        Ok(Self { cfg, models, params, frozen, text_report, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None, micro_batches })
+    }
+
+    /// Splits each batch into up to `parts` parts (by samples) whose forward and backward passes
+    /// run side by side on the thread pool, their gradients summed. Each part's loss is divided by
+    /// its whole batch's weights, so the step is the whole batch's: the same random draws and the
+    /// same update, up to the order of float sums (relative 1e-6). Default: the pool's threads on
+    /// the CPU, 1 on a GPU.
+    pub fn set_micro_batches(&mut self, parts: usize) {
+        self.micro_batches = parts.max(1);
     }
 
     /// Steps done so far.
@@ -996,31 +1071,57 @@ impl DitTrainer {
             inputs.push((captions, sigmas, noise, weights, clean_first));
         }
         mark("noise")?;
-        let mut loss: Option<Tensor> = None;
-        for (batch, (captions, sigmas, noise, weights, clean_first)) in groups.iter().zip(&inputs) {
-            let part = self.models.loss(
-                &batch.latents,
-                captions,
-                noise,
-                sigmas,
-                weights.as_ref(),
-                self.cfg.temporal_weight,
-                clean_first,
-            )?;
-            // a group's share of the images (1 for a clip step: exact, the same bits as no scaling)
-            let part = (part * (batch.captions.len() as f64 / samples as f64))?;
-            loss = Some(match loss {
-                Some(acc) => (acc + part)?,
-                None => part,
-            });
+        // each group split into up to `micro_batches` parts, run side by side; each part's loss
+        // is its share of its group's (the group's totals) times the group's share of the samples
+        let parts: Vec<(usize, usize, usize)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, batch)| split_batch(batch.captions.len(), self.micro_batches).into_iter().map(move |(s, n)| (g, s, n)))
+            .collect();
+        let (models, temporal_weight) = (&self.models, self.cfg.temporal_weight);
+        let terms: Vec<LossTerms> = parts
+            .par_iter()
+            .map(|&(g, s, n)| {
+                let (captions, sigmas, noise, weights, clean_first) = &inputs[g];
+                let part = |t: &Tensor| t.narrow(0, s, n);
+                models.loss_terms(
+                    &part(&groups[g].latents)?,
+                    &captions[s..s + n],
+                    &part(noise)?,
+                    &sigmas[s..s + n],
+                    weights.as_ref().map(part).transpose()?.as_ref(),
+                    temporal_weight,
+                    clean_first.get(s..s + n).unwrap_or_default(),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let mut totals = vec![(0.0, 0.0); groups.len()];
+        for (&(g, _, _), t) in parts.iter().zip(&terms) {
+            let (main, motion) = t.totals();
+            totals[g].0 += main;
+            totals[g].1 += motion;
         }
-        let loss = loss.ok_or_else(|| TrainError::Data("the step drew no batch".into()))?;
-        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let losses: Vec<Tensor> = parts
+            .iter()
+            .zip(&terms)
+            .map(|(&(g, _, _), t)| {
+                // a group's share of the images (1 for a clip step: exact, the same bits as no scaling)
+                let share = groups[g].captions.len() as f64 / samples as f64;
+                Ok((t.combine(totals[g], temporal_weight)? * share)?)
+            })
+            .collect::<Result<_>>()?;
+        drop(terms);
+        let mut loss_value = 0.0;
+        for l in &losses {
+            loss_value += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
         mark("forward")?;
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {loss_value}") });
         }
-        let grads = loss.backward()?;
+        let stores: Vec<GradStore> = losses.par_iter().map(|l| l.backward()).collect::<candle_core::Result<_>>()?;
+        drop(losses);
+        let grads = sum_grads(stores, &self.params)?;
         mark("backward")?;
         let norm = grad_norm(&grads, &self.params)?;
         mark("grad_norm")?;

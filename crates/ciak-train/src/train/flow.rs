@@ -177,9 +177,38 @@ fn per_sample(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
 }
 
 /// `sum(w * values) / sum(w)` over every element, with `weights` broadcast to `values`' shape.
-fn weighted_mean(values: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let w = weights.broadcast_as(values.shape())?.to_dtype(DType::F32)?;
-    Ok(((values * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64)?)
+/// A loss term as its weighted sum and the total weight that makes it a mean. The two are kept
+/// apart so that a batch split into parts (one per thread, `DitTrainer`'s micro-batches) divides
+/// each part's sum by the whole batch's total: the parts' losses, and so their gradients, then add
+/// up to the whole batch's.
+pub struct TermSum {
+    /// `sum(w * values)`, an f32 scalar that tracks gradients.
+    pub sum: Tensor,
+    /// `sum(w)` (the element count when unweighted).
+    pub weight: f64,
+}
+
+impl TermSum {
+    /// `sum(w * values) / sum(w)` over any elements (no weights: all ones), the weights broadcast
+    /// to the values' shape.
+    pub fn of(values: &Tensor, weights: Option<&Tensor>) -> Result<Self> {
+        Ok(match weights {
+            None => Self { sum: values.sum_all()?, weight: values.elem_count() as f64 },
+            Some(w) => {
+                let w = w.broadcast_as(values.shape())?.to_dtype(DType::F32)?;
+                Self { sum: (values * &w)?.sum_all()?, weight: w.sum_all()?.to_scalar::<f32>()? as f64 }
+            }
+        })
+    }
+
+    /// The term's share of a mean whose total weight is `total` (its own weight: its mean).
+    pub fn over(&self, total: f64) -> Result<Tensor> {
+        Ok((&self.sum / total)?)
+    }
+
+    pub fn mean(&self) -> Result<Tensor> {
+        self.over(self.weight)
+    }
 }
 
 /// The product of two optional weight tensors (broadcast); `None` stands for all ones.
@@ -192,13 +221,18 @@ pub fn weight_product(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Ten
 
 /// Mean squared error over every element (f32 scalar).
 pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
-    Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
+    squared_error(pred, target, None)?.mean()
+}
+
+/// [`weighted_mse`] as a [`TermSum`] (no weights: [`mse`]).
+pub fn squared_error(pred: &Tensor, target: &Tensor, weights: Option<&Tensor>) -> Result<TermSum> {
+    TermSum::of(&(pred.to_dtype(DType::F32)? - target)?.sqr()?, weights)
 }
 
 /// `sum(w * (pred - target)^2) / sum(w)` over every element, with `weights` broadcast to the
 /// prediction's shape (f32 scalar). Equal weights give [`mse`].
 pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    weighted_mean(&(pred.to_dtype(DType::F32)? - target)?.sqr()?, weights)
+    squared_error(pred, target, Some(weights))?.mean()
 }
 
 /// The motion term of the loss: the mean squared frame-to-frame change of the error in the
@@ -218,6 +252,17 @@ pub fn temporal_mse(
     weights: Option<&Tensor>,
     frame_mask: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
+    temporal_error(pred, target, sigmas, weights, frame_mask)?.map(|t| t.mean()).transpose()
+}
+
+/// [`temporal_mse`] as a [`TermSum`].
+pub fn temporal_error(
+    pred: &Tensor,
+    target: &Tensor,
+    sigmas: &[f32],
+    weights: Option<&Tensor>,
+    frame_mask: Option<&Tensor>,
+) -> Result<Option<TermSum>> {
     let frames = pred.dim(2)?;
     if frames < 2 {
         return Ok(None);
@@ -241,10 +286,7 @@ pub fn temporal_mse(
         let (later, earlier) = pairs(m)?;
         Ok((later * earlier)?)
     });
-    Ok(Some(match weight_product(weights.transpose()?, kept.transpose()?)? {
-        None => step.mean_all()?,
-        Some(w) => weighted_mean(&step, &w)?,
-    }))
+    Ok(Some(TermSum::of(&step, weight_product(weights.transpose()?, kept.transpose()?)?.as_ref())?))
 }
 
 /// Classifier-free-guidance dropout: each caption becomes `""` (the pipeline's default negative

@@ -161,6 +161,25 @@ impl AdamW {
     }
 }
 
+/// The sum of several passes' gradients, parameter by parameter (a parameter none of them
+/// reached stays absent, as in one pass): how the parts of a split batch make one step.
+pub fn sum_grads(stores: Vec<GradStore>, params: &[Param]) -> Result<GradStore> {
+    let mut stores = stores.into_iter();
+    let mut total = stores.next().ok_or_else(|| candle_core::Error::Msg("sum_grads: expected at least one pass".into()))?;
+    for mut store in stores {
+        for p in params {
+            if let Some(g) = store.remove(p.var.as_tensor()) {
+                let sum = match total.remove(p.var.as_tensor()) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                total.insert(p.var.as_tensor(), sum);
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// The global L2 norm of the gradients of `params` (missing gradients count as zero), in f64.
 pub fn grad_norm(grads: &GradStore, params: &[Param]) -> Result<f64> {
     let sums = params

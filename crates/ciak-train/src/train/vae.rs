@@ -1183,6 +1183,7 @@ pub fn run_vae_training_on(
     device: &Device,
     progress: &mut dyn FnMut(&VaeEvent),
 ) -> Result<VaeTrainSummary> {
+    super::tune_allocator_for_training();
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     let csv = out.join("loss.csv");
