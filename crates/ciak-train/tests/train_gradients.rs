@@ -194,8 +194,8 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     // with the motion term on (two latent frames), which adds to the plain loss
-    let loss = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[]).unwrap();
-    let plain = trainer.models.loss(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[]).unwrap();
+    let loss = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[]).unwrap().mean(0.5).unwrap();
+    let plain = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[]).unwrap().mean(0.0).unwrap();
     let (with, without) = (loss.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
     assert!(with > without, "motion term: {with} against the plain loss {without}");
     let grads = loss.backward().unwrap();
@@ -218,12 +218,12 @@ fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
     let other_first = rng.gaussian(&[2, 16, 1, 4, 4], &dev).unwrap();
     let noise2 = Tensor::cat(&[&other_first, &noise.narrow(2, 1, 2).unwrap()], 2).unwrap();
     let loss = |noise: &Tensor, clean: &[bool]| {
-        trainer.models.loss(&x0, &captions, noise, &[0.7, 0.9], None, 0.5, clean).unwrap().to_scalar::<f32>().unwrap()
+        trainer.models.loss_terms(&x0, &captions, noise, &[0.7, 0.9], None, 0.5, clean).unwrap().mean(0.5).unwrap().to_scalar::<f32>().unwrap()
     };
     assert_eq!(loss(&noise, &[true, true]), loss(&noise2, &[true, true]));
     assert_ne!(loss(&noise, &[false, false]), loss(&noise2, &[false, false]));
     assert_ne!(loss(&noise, &[true, false]), loss(&noise2, &[true, false]));
-    let l = trainer.models.loss(&x0, &captions, &noise, &[0.7, 0.9], None, 0.5, &[true, true]).unwrap();
+    let l = trainer.models.loss_terms(&x0, &captions, &noise, &[0.7, 0.9], None, 0.5, &[true, true]).unwrap().mean(0.5).unwrap();
     let grads = l.backward().unwrap();
     for p in trainer.params() {
         assert!(grads.get(p.var.as_tensor()).is_some(), "`{}` got no gradient", p.name);

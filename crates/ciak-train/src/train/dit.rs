@@ -690,24 +690,8 @@ impl DitModels {
         Ok(self.text_encoder.encode(captions)?.prompt_embeds)
     }
 
-    /// The flow-matching loss of one batch for given noise and noise levels (a scalar that
-    /// tracks gradients): [`Self::loss_terms`] as the batch's own means.
-    #[allow(clippy::too_many_arguments)]
-    pub fn loss(
-        &self,
-        latents: &Tensor,
-        captions: &[String],
-        noise: &Tensor,
-        sigmas: &[f32],
-        weights: Option<&Tensor>,
-        temporal_weight: f64,
-        clean_first: &[bool],
-    ) -> Result<Tensor> {
-        let terms = self.loss_terms(latents, captions, noise, sigmas, weights, temporal_weight, clean_first)?;
-        terms.combine(terms.totals(), temporal_weight)
-    }
-
-    /// The terms of the flow-matching loss of one batch, as sums and their weights.
+    /// The terms of the flow-matching loss of one batch for given noise and noise levels, as sums
+    /// and their weights ([`LossTerms::mean`]: the batch's loss, a scalar that tracks gradients).
     ///
     /// `weights` ([B, 1, F', H', W'], broadcast over channels) turns it into a weighted mean;
     /// `temporal_weight` > 0 adds the motion term ([`temporal_error`]) on clips;
@@ -760,6 +744,11 @@ impl LossTerms {
     /// The terms' own weights (main, motion; 0 where there is no motion term).
     pub fn totals(&self) -> (f64, f64) {
         (self.main.weight, self.motion.as_ref().map_or(0.0, |m| m.weight))
+    }
+
+    /// The batch's loss: `main + temporal_weight * motion`, each term its own mean.
+    pub fn mean(&self, temporal_weight: f64) -> Result<Tensor> {
+        self.combine(self.totals(), temporal_weight)
     }
 
     /// `main / totals.0 + temporal_weight * motion / totals.1`: with the terms' own totals, the
