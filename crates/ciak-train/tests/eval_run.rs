@@ -17,9 +17,9 @@ fn tiny_wan() -> PathBuf {
 #[test]
 fn reference_run_writes_a_passing_report() {
     let set = EvalSet::builtin();
-    let mut source = ReferenceSource { roundtrip: Roundtrip::None };
+    let source = ReferenceSource { roundtrip: Roundtrip::None };
     let mut seen = Vec::new();
-    let report = run_eval(&set, &mut source, Some(9), &mut |k, n, r, clip| {
+    let report = run_eval(&set, &source, Some(9), 2, &mut |k, n, r, clip| {
         assert_eq!((clip.width, clip.height), r.expected_size());
         seen.push((k, n, r.id.clone()));
     })
@@ -55,15 +55,15 @@ fn a_wrong_clip_source_fails_the_bar() {
         fn describe(&self) -> String {
             "shifted".into()
         }
-        fn clip(&mut self, index: usize, _: &ciak_train::eval::EvalPrompt) -> ciak_train::eval::Result<ciak_train::eval::SourcedClip> {
+        fn clip(&self, index: usize, _: &ciak_train::eval::EvalPrompt) -> ciak_train::eval::Result<ciak_train::eval::SourcedClip> {
             let n = self.0.prompts.len();
             let other = &self.0.prompts[(index + 1) % n];
             Ok(ciak_train::eval::SourcedClip { clip: ciak_train::world::render(&other.scene), timings: Vec::new() })
         }
     }
     let set = EvalSet::builtin();
-    let mut source = Shifted(set.clone());
-    let report = run_eval(&set, &mut source, Some(12), &mut |_, _, _, _| {}).unwrap();
+    let source = Shifted(set.clone());
+    let report = run_eval(&set, &source, Some(12), 1, &mut |_, _, _, _| {}).unwrap();
     assert!(!report.summary.passes);
     assert!(report.summary.single.color < 0.5 && report.summary.single.motion < 0.5, "{:?}", report.summary.single);
     let md = markdown(&report, "test");
@@ -75,7 +75,7 @@ fn model_source_runs_the_pipeline_and_vae_roundtrip() {
     let dir = WanModelDir::open(&tiny_wan()).unwrap();
     let pipe = WanPipeline::load(&dir, &LoadOptions { device: Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32 }).unwrap();
     let set = EvalSet::builtin();
-    let mut source = ModelSource {
+    let source = ModelSource {
         pipe: &pipe,
         model: "tiny-wan".into(),
         steps: 2,
@@ -86,21 +86,30 @@ fn model_source_runs_the_pipeline_and_vae_roundtrip() {
         negative_prompt: String::new(),
     };
     let mut frames = Vec::new();
-    let report = run_eval(&set, &mut source, Some(1), &mut |_, _, r, clip| {
+    let report = run_eval(&set, &source, Some(3), 1, &mut |_, _, r, clip| {
         frames.push(clip.pixels.clone());
         assert_eq!((clip.width, clip.height, clip.frames), (r.expected_size().0, r.expected_size().1, 25));
     })
     .unwrap();
-    assert_eq!(report.results.len(), 1);
+    assert_eq!(report.results.len(), 3);
     let stages: Vec<&str> = report.results[0].timings.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(stages, ["text", "denoise", "decode"]);
     assert!(report.source.contains("tiny-wan") && report.source.contains("2 steps"), "{}", report.source);
-    // Same seed, same clip: the eval is reproducible.
-    let again = run_eval(&set, &mut source, Some(1), &mut |_, _, _, clip| assert_eq!(clip.pixels, frames[0])).unwrap();
-    assert_eq!(again.results[0].analysis, report.results[0].analysis);
+    // Same seed, same clip: the eval is reproducible, also with the prompts made side by side
+    // (and handed over in the set's order).
+    let mut k = 0;
+    let again = run_eval(&set, &source, Some(3), 3, &mut |_, _, _, clip| {
+        assert!(clip.pixels == frames[k], "prompt {k} differs when made beside others");
+        k += 1;
+    })
+    .unwrap();
+    assert_eq!(k, 3);
+    for (a, b) in again.results.iter().zip(&report.results) {
+        assert_eq!((&a.id, &a.analysis), (&b.id, &b.analysis));
+    }
 
-    let mut vae = ReferenceSource { roundtrip: Roundtrip::Vae(&pipe.vae) };
-    let report = run_eval(&set, &mut vae, Some(1), &mut |_, _, r, clip| {
+    let vae = ReferenceSource { roundtrip: Roundtrip::Vae(&pipe.vae) };
+    let report = run_eval(&set, &vae, Some(1), 1, &mut |_, _, r, clip| {
         assert_eq!((clip.width, clip.height, clip.frames), (r.expected_size().0, r.expected_size().1, 25));
     })
     .unwrap();

@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// cpu or cuda (cuda:N for another GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Prompts made at a time, side by side (the same results for any N). Default: one per CPU
+    /// thread (RAYON_NUM_THREADS) on the CPU, 1 on a GPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,7 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, GenerationDefaults::default())
     };
     let seconds_load = load_start.elapsed().as_secs_f64();
-    let mut source: Box<dyn ClipSource + '_> = match (&pipe, args.reference) {
+    let source: Box<dyn ClipSource + '_> = match (&pipe, args.reference) {
         (Some(pipe), false) => Box::new(ModelSource {
             pipe,
             model: args.model.clone(),
@@ -192,7 +196,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
             write_error = write_clip(&clips_dir, &r.id, clip).err();
         }
     };
-    let mut report = run_eval(&set, source.as_mut(), args.limit, &mut on_result)?;
+    // one clip per thread on the CPU: candle runs much of a clip's work on one thread
+    let jobs = match args.jobs {
+        Some(n) => n as usize,
+        None if args.device == "cpu" => rayon::current_num_threads(),
+        None => 1,
+    };
+    let mut report = run_eval(&set, source.as_ref(), args.limit, jobs, &mut on_result)?;
     if let Some(e) = write_error {
         return Err(e.context("writing a clip"));
     }

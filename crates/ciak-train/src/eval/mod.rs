@@ -23,6 +23,7 @@ use ciak_engine::error::CiakError;
 use ciak_engine::pipeline::{GenerateRequest, WanPipeline};
 use ciak_engine::video::{decode_mp4, write_mp4, RgbFrame, VideoFrames};
 use ciak_models::wan::vae::AutoencoderKLWan;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,11 +47,12 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + 
 }
 
 /// Something that turns a prompt into frames.
-pub trait ClipSource {
+pub trait ClipSource: Sync {
     /// One line for the report ("model models/builtin, 30 steps, ...").
     fn describe(&self) -> String;
-    /// The clip for prompt number `index` of the full set.
-    fn clip(&mut self, index: usize, prompt: &EvalPrompt) -> Result<SourcedClip>;
+    /// The clip for prompt number `index` of the full set; several may be asked for at once
+    /// ([`run_eval`]'s `jobs`), so a clip depends on its prompt and index only.
+    fn clip(&self, index: usize, prompt: &EvalPrompt) -> Result<SourcedClip>;
 }
 
 /// A clip and how long each stage of making it took.
@@ -83,7 +85,7 @@ impl ClipSource for ReferenceSource<'_> {
         }
     }
 
-    fn clip(&mut self, _index: usize, prompt: &EvalPrompt) -> Result<SourcedClip> {
+    fn clip(&self, index: usize, prompt: &EvalPrompt) -> Result<SourcedClip> {
         let start = Instant::now();
         let clip = render(&prompt.scene);
         let mut timings = vec![("render".to_string(), start.elapsed().as_secs_f64())];
@@ -91,7 +93,7 @@ impl ClipSource for ReferenceSource<'_> {
             Roundtrip::None => clip,
             Roundtrip::H264 { scratch } => {
                 let start = Instant::now();
-                let out = h264_roundtrip(&clip, scratch)?;
+                let out = h264_roundtrip(&clip, scratch, index)?;
                 timings.push(("h264".into(), start.elapsed().as_secs_f64()));
                 out
             }
@@ -137,7 +139,7 @@ impl ClipSource for ModelSource<'_> {
         )
     }
 
-    fn clip(&mut self, index: usize, prompt: &EvalPrompt) -> Result<SourcedClip> {
+    fn clip(&self, index: usize, prompt: &EvalPrompt) -> Result<SourcedClip> {
         let (width, height) = prompt.aspect.size();
         let req = GenerateRequest {
             prompt: prompt.prompt.clone(),
@@ -172,10 +174,11 @@ fn to_video(clip: &Clip) -> Result<VideoFrames> {
     Ok(VideoFrames::new(frames)?)
 }
 
-/// The clip after an MP4 write (H.264, as `ciak generate` encodes) and decode.
-pub fn h264_roundtrip(clip: &Clip, scratch: &Path) -> Result<Clip> {
+/// The clip after an MP4 write (H.264, as `ciak generate` encodes) and decode; `index` names the
+/// scratch file, so clips made side by side do not share one.
+pub fn h264_roundtrip(clip: &Clip, scratch: &Path, index: usize) -> Result<Clip> {
     std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
-    let path = scratch.join(format!(".ciak-eval-roundtrip-{}.mp4", std::process::id()));
+    let path = scratch.join(format!(".ciak-eval-roundtrip-{}-{index}.mp4", std::process::id()));
     write_mp4(&to_video(clip)?, clip.fps as f64, &path, None)?;
     let decoded = decode_mp4(&path);
     let _ = std::fs::remove_file(&path);
@@ -247,43 +250,58 @@ impl EvalSet {
     }
 }
 
+/// Makes, analyses and scores one prompt's clip.
+fn run_prompt(source: &dyn ClipSource, index: usize, prompt: &EvalPrompt) -> Result<(PromptResult, Clip)> {
+    let clip_start = Instant::now();
+    let sourced = source.clip(index, prompt)?;
+    let seconds_clip = clip_start.elapsed().as_secs_f64();
+    let clip = sourced.clip;
+    let analyze_start = Instant::now();
+    let analysis = analyze(&clip, prompt.object_count());
+    let seconds_analyze = analyze_start.elapsed().as_secs_f64();
+    let score = score(&prompt.expected, &analysis, clip.frames);
+    let keyframes = [0, clip.frames / 2, clip.frames.saturating_sub(1)]
+        .map(|f| RgbFrame { width: clip.width, height: clip.height, data: clip.frame(f).to_vec() })
+        .to_vec();
+    let result = PromptResult {
+        index,
+        id: prompt.id.clone(),
+        prompt: prompt.prompt.clone(),
+        aspect: prompt.aspect.label().to_string(),
+        expected: prompt.expected.clone(),
+        analysis,
+        score,
+        timings: sourced.timings,
+        seconds_clip,
+        seconds_analyze,
+        keyframes,
+    };
+    Ok((result, clip))
+}
+
 /// Renders, analyses and scores the prompts; `on_result` sees each one as it finishes.
+///
+/// `jobs` prompts are made at a time, side by side on the thread pool (each clip depends on its
+/// prompt and index only, so the results are the same for any `jobs`; each prompt's times are
+/// then those of a clip made beside others). `on_result` still sees them in the set's order.
 pub fn run_eval(
     set: &EvalSet,
-    source: &mut dyn ClipSource,
+    source: &dyn ClipSource,
     limit: Option<usize>,
+    jobs: usize,
     on_result: &mut dyn FnMut(usize, usize, &PromptResult, &Clip),
 ) -> Result<EvalReport> {
     let start = Instant::now();
     let chosen = set.subset(limit);
     let mut results = Vec::with_capacity(chosen.len());
-    for (k, &(index, prompt)) in chosen.iter().enumerate() {
-        let clip_start = Instant::now();
-        let sourced = source.clip(index, prompt)?;
-        let seconds_clip = clip_start.elapsed().as_secs_f64();
-        let clip = sourced.clip;
-        let analyze_start = Instant::now();
-        let analysis = analyze(&clip, prompt.object_count());
-        let seconds_analyze = analyze_start.elapsed().as_secs_f64();
-        let score = score(&prompt.expected, &analysis, clip.frames);
-        let keyframes = [0, clip.frames / 2, clip.frames.saturating_sub(1)]
-            .map(|f| RgbFrame { width: clip.width, height: clip.height, data: clip.frame(f).to_vec() })
-            .to_vec();
-        let result = PromptResult {
-            index,
-            id: prompt.id.clone(),
-            prompt: prompt.prompt.clone(),
-            aspect: prompt.aspect.label().to_string(),
-            expected: prompt.expected.clone(),
-            analysis,
-            score,
-            timings: sourced.timings,
-            seconds_clip,
-            seconds_analyze,
-            keyframes,
-        };
-        on_result(k + 1, chosen.len(), &result, &clip);
-        results.push(result);
+    for batch in chosen.chunks(jobs.max(1)) {
+        let made: Vec<Result<(PromptResult, Clip)>> =
+            batch.par_iter().map(|&(index, prompt)| run_prompt(source, index, prompt)).collect();
+        for one in made {
+            let (result, clip) = one?;
+            on_result(results.len() + 1, chosen.len(), &result, &clip);
+            results.push(result);
+        }
     }
     let rows: Vec<(usize, PromptScore, Flicker)> =
         results.iter().map(|r| (r.expected.objects.len(), r.score.clone(), r.analysis.flicker)).collect();
