@@ -65,8 +65,8 @@ pub struct EvalArgs {
     pub device: String,
     /// Prompts made at a time, side by side (the same results for any N). Default: one per CPU
     /// thread (RAYON_NUM_THREADS) on the CPU, 1 on a GPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub jobs: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,6 +135,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.steps == Some(0) {
         bail!("expected --steps of at least 1, got 0");
     }
+    if args.jobs == Some(0) {
+        bail!("expected --jobs of at least 1, got 0");
+    }
     if let Some(g) = args.guidance {
         if !(g.is_finite() && g >= 0.0) {
             bail!("expected --guidance >= 0, got {g}");
@@ -198,7 +201,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     // one clip per thread on the CPU: candle runs much of a clip's work on one thread
     let jobs = match args.jobs {
-        Some(n) => n as usize,
+        Some(n) => n,
         None if args.device == "cpu" => rayon::current_num_threads(),
         None => 1,
     };

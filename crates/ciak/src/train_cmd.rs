@@ -132,7 +132,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let device = a.device.open()?;
             let mut settings = read_dit_settings(&a.config, &a.out)?;
             settings.train.fresh_optimizer = a.fresh_optimizer;
-            settings.train.micro_batches = a.micro_batches.map(|n| n as usize).or(settings.train.micro_batches);
+            ensure!(a.micro_batches != Some(0), "expected --micro-batches of at least 1, got 0");
+            settings.train.micro_batches = a.micro_batches.or(settings.train.micro_batches);
             if let Some(dir) = &a.init_from {
                 ensure!(dir.join("model_index.json").is_file(), "expected --init-from to be an exported model folder (with model_index.json), got {}", dir.display());
                 settings.train.init_from = Some(dir.clone());
@@ -374,8 +375,8 @@ pub struct DitArgs {
     pub init_from: Option<PathBuf>,
     /// Split each batch into N parts that run side by side, gradients summed: the same step up to
     /// the order of float sums. Default: one per CPU thread (RAYON_NUM_THREADS), 1 on a GPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub micro_batches: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub micro_batches: Option<usize>,
     #[command(flatten)]
     pub limits: Limits,
     #[arg(long, default_value_t = 10)]

@@ -162,6 +162,7 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
         (vec!["eval", "--reference", "--prompts", "bad-scale.json", "--out", "bad"], "prompt s00's scene: expected `object_scale` in [0.25, 3], got 0"),
         (vec!["eval", "--limit", "0"], "expected --limit of at least 1, got 0"),
         (vec!["eval", "--steps", "0"], "expected --steps of at least 1, got 0"),
+        (vec!["eval", "--jobs", "0"], "expected --jobs of at least 1, got 0"),
         (vec!["eval", "--guidance=-1"], "expected --guidance >= 0, got -1"),
         (vec!["eval", "--guidance-below", "0"], "expected --guidance-below in (0, 1], got 0"),
         (vec!["eval", "--model", "no/such-model", "--limit", "1"], "model `no/such-model` not found"),

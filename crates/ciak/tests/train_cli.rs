@@ -128,7 +128,7 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
     init["temporal_weight"] = 1.0.into();
     std::fs::create_dir_all(d.join("cfg")).unwrap();
     write(&d.join("cfg/init.json"), &init);
-    let out = ok(ciak(&d, &["train", "dit", "--config", "cfg/init.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/init", "--stop-at", "1", "--log-every", "1"]));
+    let out = ok(ciak(&d, &["train", "dit", "--config", "cfg/init.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/init", "--stop-at", "1", "--log-every", "1", "--micro-batches", "3"]));
     assert!(out.contains("dit: step 1/3"), "{out}");
 
     // joint image training: image steps say so in the progress line
@@ -203,6 +203,10 @@ fn bad_input_is_one_clear_line() {
     write(&d.join("badsizes.json"), &bad_sizes);
     fails(ciak(&d, &["train", "dit", "--config", "badsizes.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected generation.sizes as nonzero multiples of 16, got 50x48");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--stop-at", "0"]), "expected --stop-at of at least 1, got 0");
+    fails(
+        ciak(&d, &["train", "dit", "--config", "dit.json", "--latents", "x", "--vae", "y", "--out", "a", "--micro-batches", "0"]),
+        "expected --micro-batches of at least 1, got 0",
+    );
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--resume"]), "nothing to resume");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--init-from", "nowhere"]), "expected --init-from to be a trained VAE folder");
     let mut dec: Value = serde_json::from_str(&std::fs::read_to_string(d.join("vae.json")).unwrap()).unwrap();
