@@ -135,8 +135,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.steps == Some(0) {
         bail!("expected --steps of at least 1, got 0");
     }
-    if args.jobs == Some(0) {
-        bail!("expected --jobs of at least 1, got 0");
+    match args.jobs {
+        Some(0) => bail!("expected --jobs of at least 1, got 0"),
+        Some(n) if n > 1 && args.device != "cpu" => {
+            bail!("expected --jobs 1 with --device {} (a GPU makes one clip at a time), got {n}", args.device)
+        }
+        _ => {}
     }
     if let Some(g) = args.guidance {
         if !(g.is_finite() && g >= 0.0) {

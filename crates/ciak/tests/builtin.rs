@@ -163,6 +163,7 @@ fn eval_scores_the_builtin_model_and_refuses_bad_input() {
         (vec!["eval", "--limit", "0"], "expected --limit of at least 1, got 0"),
         (vec!["eval", "--steps", "0"], "expected --steps of at least 1, got 0"),
         (vec!["eval", "--jobs", "0"], "expected --jobs of at least 1, got 0"),
+        (vec!["eval", "--jobs", "2", "--device", "cuda"], "expected --jobs 1 with --device cuda (a GPU makes one clip at a time), got 2"),
         (vec!["eval", "--guidance=-1"], "expected --guidance >= 0, got -1"),
         (vec!["eval", "--guidance-below", "0"], "expected --guidance-below in (0, 1], got 0"),
         (vec!["eval", "--model", "no/such-model", "--limit", "1"], "model `no/such-model` not found"),

@@ -23,7 +23,6 @@ use ciak_engine::error::CiakError;
 use ciak_engine::pipeline::{GenerateRequest, WanPipeline};
 use ciak_engine::video::{decode_mp4, write_mp4, RgbFrame, VideoFrames};
 use ciak_models::wan::vae::AutoencoderKLWan;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -281,7 +280,8 @@ fn run_prompt(source: &dyn ClipSource, index: usize, prompt: &EvalPrompt) -> Res
 
 /// Renders, analyses and scores the prompts; `on_result` sees each one as it finishes.
 ///
-/// `jobs` prompts are made at a time, side by side on the thread pool (each clip depends on its
+/// `jobs` prompts are made at a time, side by side on the thread pool (CPU sources only: with one
+/// job every clip is made on the calling thread, where a GPU's context is; each clip depends on its
 /// prompt and index only, so the results are the same for any `jobs`; each prompt's times are
 /// then those of a clip made beside others). `on_result` still sees them in the set's order.
 pub fn run_eval(
@@ -295,8 +295,7 @@ pub fn run_eval(
     let chosen = set.subset(limit);
     let mut results = Vec::with_capacity(chosen.len());
     for batch in chosen.chunks(jobs.max(1)) {
-        let made: Vec<Result<(PromptResult, Clip)>> =
-            batch.par_iter().map(|&(index, prompt)| run_prompt(source, index, prompt)).collect();
+        let made = crate::train::map_items(batch, true, |&(index, prompt)| run_prompt(source, index, prompt));
         for one in made {
             let (result, clip) = one?;
             on_result(results.len() + 1, chosen.len(), &result, &clip);

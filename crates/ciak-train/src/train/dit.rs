@@ -17,14 +17,13 @@ use super::flow::{
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, sum_grads, AdamW, AdamWConfig, Ema, LrSchedule, Param};
 use super::text::{pretrain_text_encoder, TextPretrainConfig, TextPretrainReport};
-use super::{LatentBatch, LatentSource, Result, TrainError, TrainEvent};
+use super::{map_items, LatentBatch, LatentSource, Result, TrainError, TrainEvent};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ciak_engine::text::{PromptTokenizer, TextEncoder};
 use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use ciak_models::wan::umt5::{relative_position_bucket, Umt5Config, Umt5EncoderModel};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -967,7 +966,7 @@ impl DitTrainer {
         let cfg = cfg.clone();
         // on the CPU one part per thread: candle runs most element-wise ops (and their backward) on
         // one thread, so a batch split across the threads keeps every core busy; a GPU is fed best
-        // by one large batch
+        // by one large batch (and its parts, if asked for, run one after another on this thread)
         let micro_batches = cfg.micro_batches.unwrap_or(if device.is_cpu() { rayon::current_num_threads() } else { 1 });
         Ok(Self { cfg, models, params, frozen, text_report, opt, ema, rng, step: 0, seconds: 0.0, vocab_size, rewarm_from: None, micro_batches })
     }
@@ -976,7 +975,7 @@ impl DitTrainer {
     /// run side by side on the thread pool, their gradients summed. Each part's loss is divided by
     /// its whole batch's weights, so the step is the whole batch's: the same random draws and the
     /// same update, up to the order of float sums (relative 1e-6). Default: the pool's threads on
-    /// the CPU, 1 on a GPU.
+    /// the CPU, 1 on a GPU (where parts, if asked for, run one after another).
     pub fn set_micro_batches(&mut self, parts: usize) {
         self.micro_batches = parts.max(1);
     }
@@ -1068,22 +1067,22 @@ impl DitTrainer {
             .flat_map(|(g, batch)| split_batch(batch.captions.len(), self.micro_batches).into_iter().map(move |(s, n)| (g, s, n)))
             .collect();
         let (models, temporal_weight) = (&self.models, self.cfg.temporal_weight);
-        let terms: Vec<LossTerms> = parts
-            .par_iter()
-            .map(|&(g, s, n)| {
-                let (captions, sigmas, noise, weights, clean_first) = &inputs[g];
-                let part = |t: &Tensor| t.narrow(0, s, n);
-                models.loss_terms(
-                    &part(&groups[g].latents)?,
-                    &captions[s..s + n],
-                    &part(noise)?,
-                    &sigmas[s..s + n],
-                    weights.as_ref().map(part).transpose()?.as_ref(),
-                    temporal_weight,
-                    clean_first.get(s..s + n).unwrap_or_default(),
-                )
-            })
-            .collect::<Result<_>>()?;
+        let side_by_side = self.params[0].var.device().is_cpu();
+        let terms: Vec<LossTerms> = map_items(&parts, side_by_side, |&(g, s, n)| {
+            let (captions, sigmas, noise, weights, clean_first) = &inputs[g];
+            let part = |t: &Tensor| t.narrow(0, s, n);
+            models.loss_terms(
+                &part(&groups[g].latents)?,
+                &captions[s..s + n],
+                &part(noise)?,
+                &sigmas[s..s + n],
+                weights.as_ref().map(part).transpose()?.as_ref(),
+                temporal_weight,
+                clean_first.get(s..s + n).unwrap_or_default(),
+            )
+        })
+        .into_iter()
+        .collect::<Result<_>>()?;
         let mut totals = vec![(0.0, 0.0); groups.len()];
         for (&(g, _, _), t) in parts.iter().zip(&terms) {
             let (main, motion) = t.totals();
@@ -1108,7 +1107,8 @@ impl DitTrainer {
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged { step: self.step + 1, what: format!("loss is {loss_value}") });
         }
-        let stores: Vec<GradStore> = losses.par_iter().map(|l| l.backward()).collect::<candle_core::Result<_>>()?;
+        let stores: Vec<GradStore> =
+            map_items(&losses, side_by_side, |l| l.backward()).into_iter().collect::<candle_core::Result<_>>()?;
         drop(losses);
         let grads = sum_grads(stores, &self.params)?;
         mark("backward")?;

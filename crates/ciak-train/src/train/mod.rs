@@ -68,6 +68,18 @@ impl TrainError {
     }
 }
 
+/// `f` of every item, in order; side by side on the thread pool when `side_by_side` and there is
+/// more than one item, else on the calling thread (where a GPU's context is current: keep GPU
+/// work there).
+pub(crate) fn map_items<T: Sync, R: Send>(items: &[T], side_by_side: bool, f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if side_by_side && items.len() > 1 {
+        items.par_iter().map(f).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
+}
+
 /// Keeps freed memory in the process instead of returning it to the kernel after every tensor:
 /// training allocates and frees the same large activations each step, and with glibc's defaults
 /// each of them is a fresh `mmap` whose pages fault in one by one (measured: a quarter of the
