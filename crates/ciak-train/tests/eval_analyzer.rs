@@ -55,7 +55,7 @@ fn eval_prompts_rendered_read_right() {
 fn eval_prompts_after_h264_read_right() {
     let set = EvalSet::builtin();
     let scratch = tempfile::tempdir().unwrap();
-    let rows = run(&set.prompts, |p| h264_roundtrip(&render(&p.scene), scratch.path()).unwrap());
+    let rows = run(&set.prompts, |p| h264_roundtrip(&render(&p.scene), scratch.path(), 0).unwrap());
     let s = summarize(&rows);
     check("h264 single", &s.single, CEILING);
     check("h264 pair object 1", &s.pair[0], CEILING);
