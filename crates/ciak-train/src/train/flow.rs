@@ -176,7 +176,6 @@ fn per_sample(values: Vec<f32>, like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, shape.as_slice(), like.device())?)
 }
 
-/// `sum(w * values) / sum(w)` over every element, with `weights` broadcast to `values`' shape.
 /// A loss term as its weighted sum and the total weight that makes it a mean. The two are kept
 /// apart so that a batch split into parts (one per thread, `DitTrainer`'s micro-batches) divides
 /// each part's sum by the whole batch's total: the parts' losses, and so their gradients, then add
@@ -189,8 +188,8 @@ pub struct TermSum {
 }
 
 impl TermSum {
-    /// `sum(w * values) / sum(w)` over any elements (no weights: all ones), the weights broadcast
-    /// to the values' shape.
+    /// The weighted sum of `values` over every element and its weight (no weights: all ones),
+    /// the weights broadcast to the values' shape.
     pub fn of(values: &Tensor, weights: Option<&Tensor>) -> Result<Self> {
         Ok(match weights {
             None => Self { sum: values.sum_all()?, weight: values.elem_count() as f64 },
@@ -206,6 +205,7 @@ impl TermSum {
         Ok((&self.sum / total)?)
     }
 
+    /// `sum(w * values) / sum(w)`.
     pub fn mean(&self) -> Result<Tensor> {
         self.over(self.weight)
     }
