@@ -244,18 +244,7 @@ pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: &Tensor) -> Result<
 /// over time: an object held still where it should travel costs its whole displacement here
 /// while the plain MSE spreads it among everything else. `weights` ([B, 1, F', H', W'], e.g. the
 /// object cells) are averaged over each pair of neighbouring frames. `None` for one-frame
-/// latents (images), which have no motion.
-pub fn temporal_mse(
-    pred: &Tensor,
-    target: &Tensor,
-    sigmas: &[f32],
-    weights: Option<&Tensor>,
-    frame_mask: Option<&Tensor>,
-) -> Result<Option<Tensor>> {
-    temporal_error(pred, target, sigmas, weights, frame_mask)?.map(|t| t.mean()).transpose()
-}
-
-/// [`temporal_mse`] as a [`TermSum`].
+/// latents (images), which have no motion. A [`TermSum`]: its `mean()` is the term.
 pub fn temporal_error(
     pred: &Tensor,
     target: &Tensor,
@@ -269,7 +258,7 @@ pub fn temporal_error(
     }
     let b = pred.dim(0)?;
     if sigmas.len() != b {
-        return Err(super::TrainError::Data(format!("temporal_mse: expected {b} sigmas, got {}", sigmas.len())));
+        return Err(super::TrainError::Data(format!("temporal_error: expected {b} sigmas, got {}", sigmas.len())));
     }
     let err = (pred.to_dtype(DType::F32)? - target)?.broadcast_mul(&per_sample(sigmas.to_vec(), pred)?)?;
     let step = (err.narrow(2, 1, frames - 1)? - err.narrow(2, 0, frames - 1)?)?.sqr()?;
@@ -301,6 +290,11 @@ pub fn drop_captions(captions: &[String], p: f64, rng: &mut TrainRng) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The motion term as a mean.
+    fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], w: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        temporal_error(pred, target, sigmas, w, mask)?.map(|t| t.mean()).transpose()
+    }
 
     /// The threaded draw gives the serial stream's numbers and leaves the state where the serial
     /// draw leaves it (odd counts too).
