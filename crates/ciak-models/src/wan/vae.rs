@@ -4,6 +4,7 @@
 //! a time, each through a per-conv feature cache, exactly as diffusers does; so 1+4k pixel
 //! frames map to 1+k latent frames and memory stays bounded by one chunk.
 
+pub mod im2col;
 pub mod layers;
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};

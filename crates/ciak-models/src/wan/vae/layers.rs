@@ -4,6 +4,7 @@
 //! one contiguous batch, a time slice is a contiguous `narrow`, and the upsample3d interleave is
 //! a plain reshape.
 
+use crate::wan::ops;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -145,6 +146,9 @@ fn conv_gemm(
     k: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    if ops::use_cpu_autograd(&[seq, weight, bias]) {
+        return conv_gemm_autograd(seq, weight, bias, kt, stride_t, k, pad);
+    }
     let (t_in, c, h, w) = seq.dims4()?;
     let c_out = weight.dim(0)?;
     let t_out = (t_in - kt) / stride_t + 1;
@@ -191,6 +195,42 @@ fn conv_gemm(
         outs.push(y.broadcast_add(bias)?);
     }
     Tensor::cat(&outs, 2)
+}
+
+/// [`conv_gemm`] when training on the CPU in f32: the im2col matrix of every input frame is one
+/// [`im2col`](super::im2col::im2col) op (whose backward is a single col2im), in one band, and each
+/// time tap is one batched GEMM over all output frames, so the backward pass has `kt` slices of
+/// the matrix to put back instead of one per output frame. The same result as the banded path.
+fn conv_gemm_autograd(
+    seq: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    kt: usize,
+    stride_t: usize,
+    k: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let (t_in, c, h, w) = seq.dims4()?;
+    let c_out = weight.dim(0)?;
+    let t_out = (t_in - kt) / stride_t + 1;
+    let (h_out, w_out) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+    let kk9 = c * k * k;
+    let col = super::im2col::im2col(seq, k, pad)?;
+    let tap = |tau: usize| -> Result<Tensor> {
+        let frames = if stride_t == 1 {
+            col.narrow(0, tau, t_out)?
+        } else {
+            let idx: Vec<u32> = (0..t_out).map(|t| (t * stride_t + tau) as u32).collect();
+            col.index_select(&Tensor::new(idx, col.device())?, 0)?
+        };
+        let w_tau = weight.narrow(1, tau * kk9, kk9)?.contiguous()?;
+        ops::broadcast_as(&w_tau, &[t_out, c_out, kk9])?.matmul(&frames)
+    };
+    let mut y = tap(0)?;
+    for tau in 1..kt {
+        y = (y + tap(tau)?)?;
+    }
+    ops::broadcast_add(&y.reshape((t_out, c_out, h_out, w_out))?, bias)
 }
 
 /// `WanCausalConv3d`: Conv3d whose time padding (2*p_t) is all in front, spatial padding symmetric.
