@@ -6,6 +6,7 @@ pub fn run() -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("cpu: {} threads, features: {}", threads, cpu_features().join(" "));
     println!("cuda: {}", cuda_line());
+    println!("threads: {}", crate::threads::describe());
     println!("allocator: {}", crate::malloc::describe());
     if ciak_engine::builtin::available() {
         println!(

@@ -6,6 +6,7 @@ mod generate;
 mod malloc;
 mod options;
 mod progress;
+mod threads;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    threads::pin();
     malloc::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
