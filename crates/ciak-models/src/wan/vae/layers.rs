@@ -4,6 +4,7 @@
 //! one contiguous batch, a time slice is a contiguous `narrow`, and the upsample3d interleave is
 //! a plain reshape.
 
+use super::im2col::{im2col, Kernel};
 use crate::wan::ops;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -197,10 +198,11 @@ fn conv_gemm(
     Tensor::cat(&outs, 2)
 }
 
-/// [`conv_gemm`] when training on the CPU in f32: the im2col matrix of every input frame is one
-/// [`im2col`](super::im2col::im2col) op (whose backward is a single col2im), in one band, and each
-/// time tap is one batched GEMM over all output frames, so the backward pass has `kt` slices of
-/// the matrix to put back instead of one per output frame. The same result as the banded path.
+/// [`conv_gemm`] when training on the CPU in f32: the im2col matrices of all output frames, time
+/// taps included, are one [`im2col`] op whose backward is a single col2im (instead of a
+/// zero-padded copy and an add per tap, per band and per output frame), and the conv is one
+/// batched GEMM over the output frames. The same result as the banded path, at the memory of
+/// `kt` copies of each frame's matrix, which the backward pass needs anyway.
 fn conv_gemm_autograd(
     seq: &Tensor,
     weight: &Tensor,
@@ -210,27 +212,12 @@ fn conv_gemm_autograd(
     k: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    let (t_in, c, h, w) = seq.dims4()?;
+    let (_, _, h, w) = seq.dims4()?;
+    let col = im2col(seq, Kernel { kt, stride_t, k, pad })?;
+    let (t_out, rows, _) = col.dims3()?;
     let c_out = weight.dim(0)?;
-    let t_out = (t_in - kt) / stride_t + 1;
-    let (h_out, w_out) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
-    let kk9 = c * k * k;
-    let col = super::im2col::im2col(seq, k, pad)?;
-    let tap = |tau: usize| -> Result<Tensor> {
-        let frames = if stride_t == 1 {
-            col.narrow(0, tau, t_out)?
-        } else {
-            let idx: Vec<u32> = (0..t_out).map(|t| (t * stride_t + tau) as u32).collect();
-            col.index_select(&Tensor::new(idx, col.device())?, 0)?
-        };
-        let w_tau = weight.narrow(1, tau * kk9, kk9)?.contiguous()?;
-        ops::broadcast_as(&w_tau, &[t_out, c_out, kk9])?.matmul(&frames)
-    };
-    let mut y = tap(0)?;
-    for tau in 1..kt {
-        y = (y + tap(tau)?)?;
-    }
-    ops::broadcast_add(&y.reshape((t_out, c_out, h_out, w_out))?, bias)
+    let y = ops::broadcast_as(weight, &[t_out, c_out, rows])?.matmul(&col)?;
+    ops::broadcast_add(&y.reshape((t_out, c_out, h + 2 * pad + 1 - k, w + 2 * pad + 1 - k))?, bias)
 }
 
 /// `WanCausalConv3d`: Conv3d whose time padding (2*p_t) is all in front, spatial padding symmetric.
