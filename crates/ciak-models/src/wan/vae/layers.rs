@@ -148,7 +148,7 @@ fn conv_gemm(
     pad: usize,
 ) -> Result<Tensor> {
     if ops::use_cpu_autograd(&[seq, weight, bias]) {
-        return conv_gemm_autograd(seq, weight, bias, kt, stride_t, k, pad);
+        return conv_gemm_autograd(seq, weight, bias, Kernel { kt, stride_t, k, pad });
     }
     let (t_in, c, h, w) = seq.dims4()?;
     let c_out = weight.dim(0)?;
@@ -212,17 +212,10 @@ fn conv_gemm(
 /// zero-padded copy and an add per tap, per band and per output frame), and the conv is one
 /// batched GEMM over the output frames. The same result as the banded path, at the memory of
 /// `kt` copies of each frame's matrix, which the backward pass needs anyway.
-fn conv_gemm_autograd(
-    seq: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    kt: usize,
-    stride_t: usize,
-    k: usize,
-    pad: usize,
-) -> Result<Tensor> {
+fn conv_gemm_autograd(seq: &Tensor, weight: &Tensor, bias: &Tensor, kernel: Kernel) -> Result<Tensor> {
     let (_, _, h, w) = seq.dims4()?;
-    let col = im2col(seq, Kernel { kt, stride_t, k, pad })?;
+    let (k, pad) = (kernel.k, kernel.pad);
+    let col = im2col(seq, kernel)?;
     let (t_out, rows, _) = col.dims3()?;
     let c_out = weight.dim(0)?;
     let y = ops::broadcast_as(weight, &[t_out, c_out, rows])?.matmul(&col)?;
