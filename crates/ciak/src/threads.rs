@@ -20,12 +20,11 @@ fn value_to_set(current: Option<String>, candle_count: impl FnOnce() -> usize) -
 }
 
 /// Sets `RAYON_NUM_THREADS` to candle's default count unless the user set one. Call it first
-/// thing in `main`, while the process has one thread. Returns the count in use.
-pub fn pin() -> usize {
+/// thing in `main`, while the process has one thread.
+pub fn pin() {
     if let Some(n) = value_to_set(std::env::var(VAR).ok(), candle_core::utils::get_num_threads) {
         std::env::set_var(VAR, n);
     }
-    candle_core::utils::get_num_threads()
 }
 
 /// For `ciak doctor`.

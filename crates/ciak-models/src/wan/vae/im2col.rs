@@ -7,6 +7,7 @@
 //! trainer's step mostly memset, memcpy and element-wise adds. [`im2col`] is one custom op whose
 //! backward scatters the column gradient straight back into one input-sized buffer.
 
+use crate::wan::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// The shape of a convolution over frames: `kt` time taps at time stride `stride_t`, a `k`x`k`
@@ -118,14 +119,13 @@ impl Geometry {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, want: usize, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) if end - start == want => Ok(&data[start..end]),
-        (CpuStorage::F32(_), Some((start, end))) => {
-            candle_core::bail!("{what}: expected {want} values, got {}", end - start)
-        }
-        _ => candle_core::bail!("{what}: expected a contiguous f32 CPU tensor"),
+/// [`contiguous_f32`] holding exactly `want` values.
+fn values<'a>(s: &'a CpuStorage, l: &Layout, want: usize, what: &str) -> Result<&'a [f32]> {
+    let v = contiguous_f32(s, l)?;
+    if v.len() != want {
+        candle_core::bail!("{what}: expected {want} values, got {}", v.len());
     }
+    Ok(v)
 }
 
 struct Im2Col(Geometry);
@@ -137,7 +137,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = contiguous(s, l, g.input_len(), "im2col")?;
+        let x = values(s, l, g.input_len(), "im2col")?;
         let mut col = vec![0f32; g.col_len()];
         g.for_each_run(|src, dst, len| col[dst..dst + len].copy_from_slice(&x[src..src + len]));
         Ok((CpuStorage::F32(col), Shape::from((g.t_out, g.rows(), g.ho * g.wo))))
@@ -158,7 +158,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let col = contiguous(s, l, g.col_len(), "col2im")?;
+        let col = values(s, l, g.col_len(), "col2im")?;
         let mut x = vec![0f32; g.input_len()];
         g.for_each_run(|src, dst, len| {
             for (acc, v) in x[src..src + len].iter_mut().zip(&col[dst..dst + len]) {
