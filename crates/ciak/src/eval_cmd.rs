@@ -69,6 +69,23 @@ pub struct EvalArgs {
     pub jobs: Option<usize>,
 }
 
+impl EvalArgs {
+    /// Clips made at a time. One per thread on the CPU by default: candle runs much of a clip's
+    /// work on one thread.
+    fn jobs(&self) -> usize {
+        match self.jobs {
+            Some(n) => n,
+            None if self.device == "cpu" => crate::threads::count(),
+            None => 1,
+        }
+    }
+
+    /// Whether clips are made side by side on the CPU ([`crate::threads::side_by_side`]).
+    pub fn runs_side_by_side(&self) -> bool {
+        self.device == "cpu" && self.jobs() > 1
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RoundtripArg {
     None,
@@ -203,12 +220,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             write_error = write_clip(&clips_dir, &r.id, clip).err();
         }
     };
-    // one clip per thread on the CPU: candle runs much of a clip's work on one thread
-    let jobs = match args.jobs {
-        Some(n) => n,
-        None if args.device == "cpu" => rayon::current_num_threads(),
-        None => 1,
-    };
+    let jobs = args.jobs();
     let mut report = run_eval(&set, source.as_ref(), args.limit, jobs, &mut on_result)?;
     if let Some(e) = write_error {
         return Err(e.context("writing a clip"));

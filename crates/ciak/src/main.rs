@@ -32,6 +32,17 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
+impl Command {
+    /// Whether the command runs parts of its work side by side on the CPU's threads.
+    fn runs_side_by_side(&self) -> bool {
+        match self {
+            Command::Eval(a) => a.runs_side_by_side(),
+            Command::Train(a) => a.runs_side_by_side(),
+            Command::Generate(_) | Command::Doctor | Command::Bench(_) => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     threads::pin();
     malloc::tune();
@@ -56,6 +67,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command.runs_side_by_side() {
+        threads::side_by_side();
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Doctor => doctor::run(),
@@ -83,4 +97,28 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     out.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side_by_side(args: &[&str]) -> bool {
+        Cli::try_parse_from(std::iter::once("ciak").chain(args.iter().copied())).unwrap().command.runs_side_by_side()
+    }
+
+    #[test]
+    fn only_work_split_across_cpu_threads_runs_side_by_side() {
+        let threads = threads::count() > 1;
+        assert!(side_by_side(&["eval", "--jobs", "2"]));
+        assert!(!side_by_side(&["eval", "--jobs", "1"]));
+        assert_eq!(side_by_side(&["eval"]), threads);
+        assert!(!side_by_side(&["eval", "--device", "cuda"]));
+        assert!(side_by_side(&["train", "dit", "--latents", "L", "--vae", "V", "--out", "O", "--micro-batches", "2"]));
+        assert!(!side_by_side(&["train", "dit", "--latents", "L", "--vae", "V", "--out", "O", "--micro-batches", "1"]));
+        assert!(!side_by_side(&["train", "dit", "--latents", "L", "--vae", "V", "--out", "O", "--device", "cuda"]));
+        assert_eq!(side_by_side(&["train", "all", "--out", "O"]), threads);
+        assert!(!side_by_side(&["train", "vae", "--out", "O"]));
+        assert!(!side_by_side(&["generate", "a red ball"]));
+    }
 }

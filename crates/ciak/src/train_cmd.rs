@@ -89,6 +89,18 @@ fn parse_aspect(s: &str) -> Result<Aspect, String> {
     s.parse()
 }
 
+impl TrainArgs {
+    /// Whether the command trains a DiT on the CPU with its batches split into parts side by
+    /// side ([`crate::threads::side_by_side`]; `train all`'s VAE stage runs under it too).
+    pub fn runs_side_by_side(&self) -> bool {
+        match &self.command {
+            TrainCommand::Dit(a) => a.device.device == "cpu" && a.micro_batches.unwrap_or_else(crate::threads::count) > 1,
+            TrainCommand::All(a) => a.device.device == "cpu" && crate::threads::count() > 1,
+            _ => false,
+        }
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     match args.command {
         TrainCommand::Preview(p) => preview(p),
