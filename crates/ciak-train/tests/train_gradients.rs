@@ -229,3 +229,39 @@ fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
         assert!(grads.get(p.var.as_tensor()).is_some(), "`{}` got no gradient", p.name);
     }
 }
+
+/// candle's backprop as patched in vendor/candle-core (a node's first gradient is stored as it
+/// comes instead of being added to zeros) against central differences, on a graph where a leaf
+/// gets several contributions, a first one that is a transposed view, a broadcast one, and one
+/// through each of the patched unary, reduction and matmul rules.
+#[test]
+fn backprop_matches_finite_differences() {
+    let dev = Device::Cpu;
+    let x0: Vec<f64> = (0..12).map(|i| ((i * 7 % 12) as f64 - 5.5) / 4.0).collect();
+    let w = Tensor::from_vec((0..12).map(|i| (i as f64 - 6.0) / 5.0).collect::<Vec<_>>(), (4, 3), &dev).unwrap();
+    let f = |x: &Tensor| -> Tensor {
+        let t = x.t().unwrap(); // [4, 3], not contiguous: the first contribution to x's gradient
+        let a = (t.sqr().unwrap() * &w).unwrap().sum_all().unwrap();
+        let b = x.matmul(&w).unwrap().gelu().unwrap().sum_all().unwrap();
+        let row = x.sum_keepdim(1).unwrap().broadcast_as(x.shape()).unwrap();
+        let c = (row * x).unwrap().tanh().unwrap().sum_all().unwrap();
+        let d = (x.exp().unwrap() - x.narrow(1, 1, 2).unwrap().sqr().unwrap().sum_all().unwrap().broadcast_as(x.shape()).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        (((a + b).unwrap() + c).unwrap() + d).unwrap()
+    };
+    let x = candle_core::Var::from_vec(x0.clone(), (3, 4), &dev).unwrap();
+    let grads = f(x.as_tensor()).backward().unwrap();
+    let got: Vec<f64> = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let eps = 1e-6;
+    for i in 0..x0.len() {
+        let at = |delta: f64| {
+            let mut v = x0.clone();
+            v[i] += delta;
+            f(&Tensor::from_vec(v, (3, 4), &dev).unwrap()).to_scalar::<f64>().unwrap()
+        };
+        let want = (at(eps) - at(-eps)) / (2.0 * eps);
+        assert!((got[i] - want).abs() < 1e-6 * (1.0 + want.abs()), "element {i}: backprop {} against {want}", got[i]);
+    }
+}
