@@ -58,7 +58,7 @@ pub fn side_by_side() {
 
 /// For `ciak doctor`.
 pub fn describe() -> String {
-    format!("{} compute threads ({VAR})", candle_core::utils::get_num_threads())
+    format!("{} compute threads ({VAR})", count())
 }
 
 #[cfg(test)]
