@@ -386,7 +386,7 @@ impl Geometry {
             spatial_ratio: vae.spatial_ratio(),
             temporal_ratio: vae.temporal_ratio(),
             patch: transformer.patch_size,
-            latent_channels: transformer.in_channels,
+            latent_channels: transformer.out_channels,
         }
     }
 

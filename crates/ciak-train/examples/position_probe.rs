@@ -40,7 +40,8 @@
 //! (`middle`/`free`: 1 gives every caption the first caption's object vector), PROBE_OBJECT_SIDE
 //! (the object square's side in latent pixels, default 8 = 2x2 tokens; the fill window follows),
 //! PROBE_BATCH and PROBE_LR (default 8 and 1e-3; the built-in DiT configs train at 4 and 4e-4),
-//! PROBE_PATCH (the spatial patch side, default 4), PROBE_SEED (the trainer's seed: weights, noise and batches; default 3; the task's vectors stay
+//! PROBE_PATCH (the spatial patch side, default 4), PROBE_POSITION (the DiT's coordinate
+//! channels, `transformer.position_channels`: 0 or 2, default 0), PROBE_SEED (the trainer's seed: weights, noise and batches; default 3; the task's vectors stay
 //! the same, so runs that differ only here show how much of a result is luck).
 //!
 //!   cargo run --release -p ciak-train --example position_probe -- sample cache=DIR [STEPS] [WIDTH] [LAYERS]
@@ -172,8 +173,9 @@ fn knob(name: &str, default: f64) -> f64 {
 
 fn config(tokenizer: std::path::PathBuf, steps: u64, heads: usize, layers: usize, terminal_share: f64) -> DitTrainConfig {
     let patch = knob("PROBE_PATCH", 4.0) as usize;
+    let transformer = DitArch { position_channels: knob("PROBE_POSITION", 0.0) as usize, ..DitArch::new(heads, layers, patch, C) };
     let base = DitTrainConfig::new(
-        DitArch::new(heads, layers, patch, C),
+        transformer,
         TextArch::new(64, 4, 1),
         tokenizer,
         knob("PROBE_BATCH", 8.0) as usize,

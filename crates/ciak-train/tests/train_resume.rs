@@ -213,3 +213,69 @@ fn init_from_starts_a_fresh_run_from_an_exported_model() {
     let err = DitTrainer::new(&init, &dev).err().expect("no transformer weights").to_string();
     assert!(err.contains("transformer/diffusion_pytorch_model.safetensors"), "{err}");
 }
+
+/// `init_from` into a config that adds coordinate channels (`transformer.position_channels`):
+/// the folder's patch embedding is widened with zero weights, so the new model predicts what the
+/// old one did until training gives the coordinates weight; the export records the channels and
+/// the pipeline loads it and feeds them itself.
+#[test]
+fn init_from_adds_position_channels_without_changing_the_prediction() {
+    use ciak_engine::model_dir::WanModelDir;
+    use ciak_engine::pipeline::{LoadOptions, WanPipeline};
+    use ciak_train::train::flow::TrainRng;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let dev = Device::Cpu;
+    let (first, _) = three_steps(&cfg, &dev);
+    let model = tmp.path().join("model");
+    first.export(&support::fixture_vae(), &model).unwrap();
+
+    let mut init = ciak_train::train::dit::DitTrainConfig { init_from: Some(model.clone()), ..cfg.clone() };
+    init.transformer.position_channels = 2;
+    let mut second = DitTrainer::new(&init, &dev).unwrap();
+    let name = "transformer.patch_embedding.weight";
+    let (old, new) = (&first.ema_weights()[name], &second.weights()[name]);
+    assert_eq!((old.dims(), new.dims()), (&[48, 16, 1, 2, 2][..], &[48, 18, 1, 2, 2][..]));
+    assert_eq!(bits(&new.narrow(1, 0, 16).unwrap()), bits(old));
+    assert!(bits(&new.narrow(1, 16, 2).unwrap()).iter().all(|&b| b == 0), "the new channels start at zero");
+
+    let ema = first.ema_weights();
+    for p in first.params() {
+        p.var.set(&ema[&p.name]).unwrap();
+    }
+    let x = TrainRng::new(4).gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
+    let t = Tensor::new(&[700f32, 100.0], &dev).unwrap();
+    let ctx = first.models.encode_text(&support::captions(2)).unwrap();
+    let want = first.models.transformer.forward(&x, &t, &ctx, None).unwrap();
+    let got = second.models.transformer.forward(&x, &t, &ctx, None).unwrap();
+    // zero weights add exact zeros; only the order of the sums may differ
+    let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err < 1e-5, "widened vs folder model: {err}");
+
+    // training moves the coordinate weights off zero; the export carries them to the pipeline
+    second.train_step(&mut source(&dev)).unwrap();
+    let moved = second.weights()[name].narrow(1, 16, 2).unwrap();
+    assert!(moved.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    let out = tmp.path().join("with-positions");
+    second.export(&support::fixture_vae(), &out).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("transformer/config.json")).unwrap()).unwrap();
+    assert_eq!((json["in_channels"].as_u64(), json["position_channels"].as_u64()), (Some(18), Some(2)));
+    let plain: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("transformer/config.json")).unwrap()).unwrap();
+    assert!(plain.get("position_channels").is_none(), "a plain model's config stays diffusers' own");
+    let pipe = WanPipeline::load(&WanModelDir::open(&out).unwrap(), &LoadOptions::default()).unwrap();
+    let ema = second.ema_weights();
+    for p in second.params() {
+        p.var.set(&ema[&p.name]).unwrap();
+    }
+    let want = second.models.transformer.forward(&x, &t, &ctx, None).unwrap();
+    let got = pipe.transformer.forward(&x, &t, &ctx, None).unwrap();
+    let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err < 1e-5, "pipeline vs trainer: {err}");
+
+    let mut three = init.clone();
+    three.transformer.position_channels = 3;
+    let err = DitTrainer::new(&three, &dev).err().expect("an unsupported count").to_string();
+    assert!(err.contains("expected transformer.position_channels 0 or 2, got 3"), "{err}");
+}

@@ -38,6 +38,7 @@ pub fn tiny_config(tokenizer: PathBuf) -> DitTrainConfig {
         cross_attn_norm: true,
         eps: 1e-6,
         rope_max_seq_len: 1024,
+        position_channels: 0,
     };
     let text_encoder = TextArch::new(32, 4, 2);
     DitTrainConfig {

@@ -4,3 +4,4 @@ pub mod umt5;
 pub mod attention;
 pub mod ops;
 pub mod rope;
+pub mod position;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::attention::WanAttention;
 use super::ops::{broadcast_add, broadcast_mul, linear, Linear};
+use super::position;
 use super::rope::WanRotaryPosEmbed;
 
 /// `config.json` of a diffusers `WanTransformer3DModel`, read as it is.
@@ -40,6 +41,10 @@ pub struct WanTransformerConfig {
     /// Learned image-token positions of FLF2V models; absent from older configs.
     #[serde(default)]
     pub pos_embed_seq_len: Option<usize>,
+    /// ciak extension, absent from diffusers configs (0): coordinate channels appended to the
+    /// latents inside `forward` ([`super::position`]); they count in `in_channels`.
+    #[serde(default)]
+    pub position_channels: usize,
 }
 
 /// Like serde's `Option` handling, but a missing key is an error: only `null` means `None`.
@@ -67,6 +72,7 @@ impl WanTransformerConfig {
             added_kv_proj_dim: None,
             rope_max_seq_len: 1024,
             pos_embed_seq_len: None,
+            position_channels: 0,
         }
     }
 
@@ -88,6 +94,11 @@ impl WanTransformerConfig {
     /// Width of the residual stream, heads * head_dim.
     pub fn inner_dim(&self) -> usize {
         self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// The channels `forward` takes: `in_channels` less the coordinate channels it appends.
+    pub fn input_channels(&self) -> usize {
+        self.in_channels.saturating_sub(self.position_channels)
     }
 
     fn patch_volume(&self) -> usize {
@@ -412,6 +423,13 @@ impl WanTransformer3DModel {
         if cfg.patch_volume() == 0 || cfg.num_attention_heads == 0 {
             candle_core::bail!("transformer: patch_size {:?} and heads must be nonzero", cfg.patch_size);
         }
+        if !position::SUPPORTED.contains(&cfg.position_channels) || cfg.position_channels >= cfg.in_channels {
+            candle_core::bail!(
+                "transformer: expected position_channels 0 or 2 and below in_channels {}, got {}",
+                cfg.in_channels,
+                cfg.position_channels
+            );
+        }
         let patch_in = cfg.in_channels * pt * ph * pw;
         let pe = vb.pp("patch_embedding");
         let pe_weight = pe.get((dim, cfg.in_channels, pt, ph, pw), "weight")?.reshape((dim, patch_in))?;
@@ -447,8 +465,9 @@ impl WanTransformer3DModel {
     /// (CLIP tokens, attended separately from the text) and refused by T2V models. diffusers instead
     /// takes all but the last 512 context tokens as image tokens; both agree for 512 text tokens.
     ///
-    /// Shapes: hidden_states [B, C_in, F, H, W], timestep [B] or [B, L], encoder_hidden_states
-    /// [B, L_txt, text_dim], encoder_hidden_states_image [B, L_img, image_dim] -> [B, C_out, F, H, W].
+    /// Shapes: hidden_states [B, C_in - position_channels, F, H, W], timestep [B] or [B, L],
+    /// encoder_hidden_states [B, L_txt, text_dim], encoder_hidden_states_image [B, L_img, image_dim]
+    /// -> [B, C_out, F, H, W].
     pub fn forward(
         &self,
         hidden_states: &Tensor,
@@ -459,8 +478,8 @@ impl WanTransformer3DModel {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = hidden_states.dims5()?;
         let [pt, ph, pw] = cfg.patch_size;
-        if c != cfg.in_channels {
-            candle_core::bail!("transformer: expected {} input channels, got {c}", cfg.in_channels);
+        if c != cfg.input_channels() {
+            candle_core::bail!("transformer: expected {} input channels, got {c}", cfg.input_channels());
         }
         if f % pt != 0 || h % ph != 0 || w % pw != 0 {
             candle_core::bail!(
@@ -480,8 +499,8 @@ impl WanTransformer3DModel {
 
         let (cos, sin) = self.rope.forward((fp, hp, wp), hidden_states.device())?;
 
-        let x = hidden_states
-            .to_dtype(self.dtype)?
+        let c = cfg.in_channels;
+        let x = position::append(&hidden_states.to_dtype(self.dtype)?, cfg.position_channels)?
             .reshape(vec![b, c, fp, pt, hp, ph, wp, pw])?
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, tokens, c * pt * ph * pw))?;
@@ -613,6 +632,45 @@ mod tests {
         let tokens = model.forward(&x, &t_tok, &ctx, None)?;
         let err = (scalar - tokens)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         assert!(err < 1e-5, "max abs error {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn position_channels_are_the_coordinates_appended_to_the_input() -> Result<()> {
+        // one set of weights read as a plain 6-channel model and as a 4-channel one plus coordinates
+        let plain_cfg = WanTransformerConfig { in_channels: 6, ..tiny(false) };
+        let pos_cfg = WanTransformerConfig { position_channels: 2, ..plain_cfg.clone() };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        WanTransformer3DModel::new(&plain_cfg, vb.clone())?;
+        for var in varmap.all_vars() {
+            var.set(&(Tensor::randn(0f32, 1., var.shape(), &Device::Cpu)? * 0.3)?)?;
+        }
+        let plain = WanTransformer3DModel::new(&plain_cfg, vb.clone())?;
+        let with_pos = WanTransformer3DModel::new(&pos_cfg, vb)?;
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 4, 2, 4, 8), &dev)?;
+        let ctx = Tensor::randn(0f32, 1., (1, 5, 8), &dev)?;
+        let t = Tensor::new(&[700f32], &dev)?;
+        // cell centres from -1 (top, left) to 1 (bottom, right)
+        let ys: Vec<f32> = (0..4).map(|i| (2 * i + 1) as f32 / 4.0 - 1.0).collect();
+        let xs: Vec<f32> = (0..8).map(|i| (2 * i + 1) as f32 / 8.0 - 1.0).collect();
+        let ys = Tensor::from_vec(ys, (1, 1, 1, 4, 1), &dev)?.broadcast_as((1, 1, 2, 4, 8))?;
+        let xs = Tensor::from_vec(xs, (1, 1, 1, 1, 8), &dev)?.broadcast_as((1, 1, 2, 4, 8))?;
+        let want = plain.forward(&Tensor::cat(&[&x, &ys, &xs], 1)?, &t, &ctx, None)?;
+        let got = with_pos.forward(&x, &t, &ctx, None)?;
+        assert_eq!(got.dims(), &[1, 4, 2, 4, 8]);
+        let err = (&want - &got)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max abs error {err}");
+        // the coordinates matter: the same input without them gives another output
+        let zeros = Tensor::zeros((1, 2, 2, 4, 8), DType::F32, &dev)?;
+        let blind = plain.forward(&Tensor::cat(&[&x, &zeros], 1)?, &t, &ctx, None)?;
+        assert!((&blind - &got)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? > 1e-3);
+        let err = with_pos.forward(&Tensor::cat(&[&x, &zeros], 1)?, &t, &ctx, None).unwrap_err().to_string();
+        assert!(err.contains("expected 4 input channels, got 6"), "{err}");
+        let bad = WanTransformerConfig { position_channels: 3, ..plain_cfg };
+        let err = WanTransformer3DModel::new(&bad, VarBuilder::zeros(DType::F32, &dev)).err().unwrap().to_string();
+        assert!(err.contains("expected position_channels 0 or 2"), "{err}");
         Ok(())
     }
 

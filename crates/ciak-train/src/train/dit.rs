@@ -22,6 +22,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ciak_engine::text::{PromptTokenizer, TextEncoder};
+use ciak_models::wan::position;
 use ciak_models::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use ciak_models::wan::umt5::{relative_position_bucket, Umt5Config, Umt5EncoderModel};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ pub struct DitArch {
     pub eps: f64,
     #[serde(default = "defaults::rope_max_seq_len")]
     pub rope_max_seq_len: usize,
+    /// Coordinate channels appended to the latents (0 or 2: height and width; ciak_models'
+    /// `wan::position`): the patch embedding reads `latent_channels + position_channels`.
+    #[serde(default)]
+    pub position_channels: usize,
 }
 
 impl DitArch {
@@ -68,6 +73,7 @@ impl DitArch {
             cross_attn_norm: defaults::yes(),
             eps: defaults::eps(),
             rope_max_seq_len: defaults::rope_max_seq_len(),
+            position_channels: 0,
         }
     }
 }
@@ -377,6 +383,9 @@ impl DitTrainConfig {
         if !hd.is_multiple_of(2) || hd < 6 {
             return Err(format!("expected transformer.attention_head_dim even and >= 6 (RoPE), got {hd}"));
         }
+        if !position::SUPPORTED.contains(&t.position_channels) {
+            return Err(format!("expected transformer.position_channels 0 or 2, got {}", t.position_channels));
+        }
         let nonzero = [
             ("transformer.num_attention_heads", t.num_attention_heads),
             ("transformer.ffn_dim", t.ffn_dim),
@@ -440,7 +449,7 @@ impl DitTrainConfig {
             patch_size: t.patch_size,
             num_attention_heads: t.num_attention_heads,
             attention_head_dim: t.attention_head_dim,
-            in_channels: t.latent_channels,
+            in_channels: t.latent_channels + t.position_channels,
             out_channels: t.latent_channels,
             text_dim: self.text_encoder.d_model,
             freq_dim: t.freq_dim,
@@ -453,6 +462,7 @@ impl DitTrainConfig {
             added_kv_proj_dim: None,
             rope_max_seq_len: t.rope_max_seq_len,
             pos_embed_seq_len: None,
+            position_channels: t.position_channels,
         }
     }
 
@@ -920,6 +930,26 @@ fn check_batch(batch: LatentBatch, channels: usize) -> Result<LatentBatch> {
     Ok(batch)
 }
 
+/// The patch embedding of a model without coordinate channels, widened with zero weights to a
+/// config that adds them (`transformer.position_channels`): the widened model computes what the
+/// old one did until training gives the new channels weight. `None` for any other weight, or for
+/// one whose shape differs otherwise.
+fn added_input_channels(name: &str, want: &[usize], have: &Tensor) -> Result<Option<Tensor>> {
+    let dims = have.dims();
+    let widened = name == "transformer.patch_embedding.weight"
+        && dims.len() == 5
+        && want.len() == 5
+        && dims[1] < want[1]
+        && (0..5).all(|i| i == 1 || dims[i] == want[i]);
+    if !widened {
+        return Ok(None);
+    }
+    let mut zeros = dims.to_vec();
+    zeros[1] = want[1] - dims[1];
+    let zeros = Tensor::zeros(zeros, have.dtype(), have.device())?;
+    Ok(Some(Tensor::cat(&[have, &zeros], 1)?))
+}
+
 impl DitTrainer {
     /// A fresh run (weights from `cfg.seed`; with `text_pretrain`, the text encoder pretrained),
     /// or from `cfg.init_from`'s weights.
@@ -934,9 +964,13 @@ impl DitTrainer {
         let all: Vec<&Param> = trainer.params.iter().chain(&trainer.frozen).collect();
         for p in &all {
             let t = weights.get(&p.name).ok_or_else(|| bad(format!("expected a weight `{}` for this config's model, the folder has none", p.name)))?;
-            if t.dims() != p.var.dims() {
-                return Err(bad(format!("`{}`: expected shape {:?} (the config's model), got {:?}", p.name, p.var.dims(), t.dims())));
-            }
+            let t = match added_input_channels(&p.name, p.var.dims(), t)? {
+                Some(extended) => extended,
+                None if t.dims() != p.var.dims() => {
+                    return Err(bad(format!("`{}`: expected shape {:?} (the config's model), got {:?}", p.name, p.var.dims(), t.dims())));
+                }
+                None => t.clone(),
+            };
             p.var.set(&t.to_dtype(p.var.dtype())?)?;
         }
         if let Some(extra) = weights.keys().find(|k| !all.iter().any(|p| &p.name == *k)) {

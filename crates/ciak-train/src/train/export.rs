@@ -56,7 +56,7 @@ pub fn model_index_json() -> Value {
 }
 
 pub fn transformer_config_json(cfg: &WanTransformerConfig) -> Value {
-    json!({
+    let mut json = json!({
         "_class_name": "WanTransformer3DModel",
         "_diffusers_version": DIFFUSERS_VERSION,
         "added_kv_proj_dim": cfg.added_kv_proj_dim,
@@ -75,7 +75,12 @@ pub fn transformer_config_json(cfg: &WanTransformerConfig) -> Value {
         "qk_norm": cfg.qk_norm,
         "rope_max_seq_len": cfg.rope_max_seq_len,
         "text_dim": cfg.text_dim
-    })
+    });
+    // ciak's own key, written only when used, so a plain model's config is diffusers' byte for byte
+    if cfg.position_channels > 0 {
+        json["position_channels"] = json!(cfg.position_channels);
+    }
+    json
 }
 
 pub fn umt5_config_json(cfg: &Umt5Config) -> Value {
