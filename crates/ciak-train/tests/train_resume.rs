@@ -273,6 +273,11 @@ fn init_from_adds_position_channels_without_changing_the_prediction() {
     let got = pipe.transformer.forward(&x, &t, &ctx, None).unwrap();
     let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(err < 1e-5, "pipeline vs trainer: {err}");
+    // the pipeline draws noise of the latent channels (out_channels), not of in_channels
+    let mut req = ciak_engine::pipeline::GenerateRequest::new(support::captions(1)[0].clone());
+    (req.width, req.height, req.frames, req.steps) = (32, 32, 5, 2);
+    let clip = pipe.generate(&req, &mut |_| {}, None).unwrap();
+    assert_eq!((clip.frames.dims(), clip.latents.dim(1).unwrap()), (&[5, 32, 32, 3][..], 16));
 
     let mut three = init.clone();
     three.transformer.position_channels = 3;
