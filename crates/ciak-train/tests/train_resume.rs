@@ -176,18 +176,24 @@ fn fresh_optimizer_resumes_a_checkpoint_without_optimizer_state() {
     assert_eq!(third.lr_at(4).to_bits(), second.lr_at(4).to_bits());
 }
 
+/// A three-step run and its export: (the temporary folder, the config, the trainer, the model folder).
+fn exported_run(dev: &Device) -> (tempfile::TempDir, ciak_train::train::dit::DitTrainConfig, DitTrainer, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
+    let (first, _) = three_steps(&cfg, dev);
+    let model = tmp.path().join("model");
+    first.export(&support::fixture_vae(), &model).unwrap();
+    (tmp, cfg, first, model)
+}
+
 /// `init_from`: a fresh run starts from an exported model folder's weights (current and EMA both),
 /// at step 0, and trains on from there; a folder of another architecture, or without the
 /// transformer's weights, is refused with what was expected and what was found.
 #[test]
 fn init_from_starts_a_fresh_run_from_an_exported_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
     let dev = Device::Cpu;
-    let (first, _) = three_steps(&cfg, &dev);
-    let model = tmp.path().join("model");
-    first.export(&support::fixture_vae(), &model).unwrap();
-
+    // the folder lives as long as `_tmp`
+    let (_tmp, cfg, first, model) = exported_run(&dev);
     let init = ciak_train::train::dit::DitTrainConfig { init_from: Some(model.clone()), ..cfg.clone() };
     let mut second = DitTrainer::new(&init, &dev).unwrap();
     assert_eq!(second.step(), 0);
@@ -223,13 +229,8 @@ fn init_from_adds_position_channels_without_changing_the_prediction() {
     use ciak_engine::model_dir::WanModelDir;
     use ciak_engine::pipeline::{LoadOptions, WanPipeline};
     use ciak_train::train::flow::TrainRng;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = support::tiny_config(support::write_tokenizer(tmp.path()));
     let dev = Device::Cpu;
-    let (first, _) = three_steps(&cfg, &dev);
-    let model = tmp.path().join("model");
-    first.export(&support::fixture_vae(), &model).unwrap();
-
+    let (tmp, cfg, first, model) = exported_run(&dev);
     let mut init = ciak_train::train::dit::DitTrainConfig { init_from: Some(model.clone()), ..cfg.clone() };
     init.transformer.position_channels = 2;
     let mut second = DitTrainer::new(&init, &dev).unwrap();
