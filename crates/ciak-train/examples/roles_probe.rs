@@ -30,9 +30,11 @@ fn main() {
         t.input_ids.get(0).unwrap().get(0).unwrap().to_scalar::<u32>().unwrap()
     };
     let ids = text.tokenize(&[caption("red", "blue")]).unwrap().input_ids.get(0).unwrap().to_vec1::<u32>().unwrap();
-    let at = |word: &str| ids.iter().position(|&i| i == id_of(word)).unwrap_or_else(|| panic!("no `{word}` token"));
+    let at = |word: &str| {
+        let id = id_of(word);
+        ids.iter().position(|&i| i == id).unwrap_or_else(|| panic!("no `{word}` token"))
+    };
     let (sky, ground) = (at("sky"), at("ground"));
-    let encode = |prompts: &[String]| -> Tensor { text.encode(prompts).unwrap().prompt_embeds };
     let rel = |a: &Tensor, b: &Tensor| -> f64 {
         let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         let n = a.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
@@ -47,7 +49,7 @@ fn main() {
                 continue;
             }
             let z = COLOURS[(0..COLOURS.len()).find(|&k| k != i && k != j).unwrap()];
-            let e = encode(&[caption(x, y), caption(z, y), caption(x, z), caption(y, x)]);
+            let e = text.encode(&[caption(x, y), caption(z, y), caption(x, z), caption(y, x)]).unwrap().prompt_embeds;
             for (r, pos) in [sky, ground].into_iter().enumerate() {
                 let tok = |b: usize| e.get(b).unwrap().get(pos).unwrap();
                 let base = tok(0);

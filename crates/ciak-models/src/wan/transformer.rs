@@ -499,11 +499,12 @@ impl WanTransformer3DModel {
 
         let (cos, sin) = self.rope.forward((fp, hp, wp), hidden_states.device())?;
 
-        let c = cfg.in_channels;
+        // the coordinate channels, if any, join the latents here
+        let c_in = cfg.in_channels;
         let x = position::append(&hidden_states.to_dtype(self.dtype)?, cfg.position_channels)?
-            .reshape(vec![b, c, fp, pt, hp, ph, wp, pw])?
+            .reshape(vec![b, c_in, fp, pt, hp, ph, wp, pw])?
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
-            .reshape((b, tokens, c * pt * ph * pw))?;
+            .reshape((b, tokens, c_in * pt * ph * pw))?;
         let mut x = self.patch_embedding.forward(&x)?;
 
         let per_token = match timestep.dims() {
