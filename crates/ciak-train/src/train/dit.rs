@@ -265,7 +265,8 @@ pub struct DitTrainConfig {
     pub vae: Option<PathBuf>,
     /// A model folder this run exported before (`transformer/` and `text_encoder/` in diffusers
     /// layout, e.g. `models/builtin`) whose weights a fresh run starts from, instead of `seed`'s
-    /// and the text pretraining: the current weights and the EMA both start as the folder's, AdamW
+    /// and the text pretraining (unless `text_pretrain.rerun_on_init` runs it again on the folder's
+    /// encoder): the current weights and the EMA both start as the folder's, AdamW
     /// starts afresh, and the schedule runs from step 0. How a run goes on when its checkpoint
     /// (with the optimizer's moments) is gone but its shipped model is not.
     #[serde(default)]
@@ -975,6 +976,9 @@ impl DitTrainer {
         }
         if let Some(extra) = weights.keys().find(|k| !all.iter().any(|p| &p.name == *k)) {
             return Err(bad(format!("expected only the config's model weights, got `{extra}` as well (another architecture?)")));
+        }
+        if let Some(pre) = cfg.text_pretrain.as_ref().filter(|p| p.rerun_on_init) {
+            trainer.text_report = Some(pretrain_text_encoder(&trainer.models, pre, cfg.seed, &cfg.adamw, device)?);
         }
         trainer.ema = Ema::new(&trainer.params, cfg.ema_decay)?;
         Ok(trainer)

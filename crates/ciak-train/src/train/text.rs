@@ -17,6 +17,7 @@ use super::flow::TrainRng;
 use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, LrSchedule, Param};
 use super::{Result, TrainError};
 use crate::caption::caption_for;
+use crate::caption_words::{shape_words, ALL_GROUND_WORDS};
 use crate::dataset::sample;
 use crate::rng::Rng;
 use crate::split::Split;
@@ -38,6 +39,26 @@ pub struct TextPretrainConfig {
     /// Held-out captions the report scores.
     #[serde(default = "default_eval_captions")]
     pub eval_captions: usize,
+    /// Weight of the per-token heads' loss beside the slot heads' (0, the default: no token heads).
+    /// They ask each colour word which role it fills and each shape noun, "sky" and "ground" what
+    /// colour their thing has ([`TokenLabels`]), so a role's colour sits on the role's own tokens.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub token_weight: f64,
+    /// With `init_from`: run this pretraining again on the folder's text encoder before the DiT
+    /// steps (default false: the folder's encoder is taken as it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rerun_on_init: bool,
+}
+
+impl Default for TextPretrainConfig {
+    /// The committed configs' settings, without token heads.
+    fn default() -> Self {
+        Self { steps: 3000, batch_size: 64, lr: 2e-3, warmup_steps: 50, eval_captions: default_eval_captions(), token_weight: 0.0, rerun_on_init: false }
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_eval_captions() -> usize {
@@ -54,6 +75,9 @@ impl TextPretrainConfig {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("expected text_pretrain.lr > 0, got {}", self.lr));
+        }
+        if !(self.token_weight >= 0.0 && self.token_weight.is_finite()) {
+            return Err(format!("expected text_pretrain.token_weight >= 0, got {}", self.token_weight));
         }
         Ok(())
     }
@@ -103,22 +127,132 @@ impl SceneLabels {
     }
 }
 
+/// Roles a colour word can fill, the classes of the `token_role` head.
+const ROLES: [&str; 7] = ["object", "plain", "sky", "ground", "checkerboard", "gradient_top", "gradient_bottom"];
+
+/// The token ids the per-token labels are read from (the model's own tokenizer).
+pub struct TokenWords {
+    colours: Vec<(u32, Color)>,
+    shapes: Vec<(u32, Shape)>,
+    sky: Vec<u32>,
+    ground: Vec<u32>,
+}
+
+impl TokenWords {
+    /// Looks every colour name, shape noun and sky or ground noun up in `models`' tokenizer;
+    /// words it does not know are left out.
+    pub fn of(models: &DitModels) -> Result<Self> {
+        let text = &models.text_encoder;
+        let id = |word: &str| -> Result<Option<u32>> {
+            if !text.tokenizer().unknown_words(word)?.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(text.tokenize(&[word.to_string()])?.input_ids.get(0)?.get(0)?.to_scalar::<u32>()?))
+        };
+        let mut colours = Vec::new();
+        for c in Color::ALL {
+            colours.extend(id(c.name())?.map(|i| (i, c)));
+        }
+        let mut shapes = Vec::new();
+        for shape in Shape::ALL {
+            for size in Size::ALL {
+                for w in shape_words(shape, size) {
+                    if let Some(i) = id(w)?.filter(|i| !shapes.contains(&(*i, shape))) {
+                        shapes.push((i, shape));
+                    }
+                }
+            }
+        }
+        let sky = id("sky")?.into_iter().collect();
+        let mut ground = Vec::new();
+        for w in ALL_GROUND_WORDS {
+            ground.extend(id(w.trim_start_matches("{c} "))?);
+        }
+        Ok(Self { colours, shapes, sky, ground })
+    }
+}
+
+/// What the per-token heads are told about one caption: (token position, class) pairs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenLabels {
+    /// At each colour word whose colour fills one role in the scene: that role ([`ROLES`]).
+    pub roles: Vec<(usize, u32)>,
+    /// At each shape noun whose objects all have one colour, and at "sky" and the ground nouns of
+    /// a sky over ground: that colour.
+    pub colours: Vec<(usize, u32)>,
+}
+
+impl TokenLabels {
+    /// Labels of the caption tokenized as `ids` (its first `len` tokens) for `scene`. A token that
+    /// could mean two things (a colour that fills two roles, a noun of two objects of different
+    /// colours) gets no label.
+    pub fn of(scene: &Scene, ids: &[u32], len: usize, words: &TokenWords) -> Self {
+        let c = |x: &Color| index_of(&Color::ALL, x);
+        let (sky, ground) = match &scene.background {
+            Background::SkyGround { sky, ground, .. } => (Some(*sky), Some(*ground)),
+            _ => (None, None),
+        };
+        let mut out = Self::default();
+        for (p, id) in ids.iter().take(len).enumerate() {
+            if let Some((_, colour)) = words.colours.iter().find(|(i, _)| i == id) {
+                let mut roles: Vec<u32> = scene.objects.iter().filter(|o| o.color == *colour).map(|_| 0).collect();
+                match &scene.background {
+                    Background::Plain { color } => roles.extend((color == colour).then_some(1)),
+                    Background::SkyGround { sky, ground, .. } => {
+                        roles.extend((sky == colour).then_some(2));
+                        roles.extend((ground == colour).then_some(3));
+                    }
+                    Background::Checkerboard { a, b, .. } => roles.extend((a == colour || b == colour).then_some(4)),
+                    Background::Gradient { top, bottom } => {
+                        roles.extend((top == colour).then_some(5));
+                        roles.extend((bottom == colour).then_some(6));
+                    }
+                }
+                roles.dedup();
+                if let [role] = roles[..] {
+                    out.roles.push((p, role));
+                }
+            } else if let Some((_, shape)) = words.shapes.iter().find(|(i, _)| i == id) {
+                let mut colours: Vec<u32> = scene.objects.iter().filter(|o| o.shape == *shape).map(|o| c(&o.color)).collect();
+                colours.dedup();
+                if let [colour] = colours[..] {
+                    out.colours.push((p, colour));
+                }
+            } else if let Some(colour) = sky.filter(|_| words.sky.contains(id)).or(ground.filter(|_| words.ground.contains(id))) {
+                out.colours.push((p, c(&colour)));
+            }
+        }
+        out
+    }
+}
+
 /// The heads' names and class counts, in the order [`Heads::forward`] returns them.
 const BACKGROUND_HEADS: [(&str, usize); 3] = [("background_kind", 4), ("background_a", 10), ("background_b", 11)];
 const OBJECT_HEADS: [(&str, usize); 5] = [("present", 2), ("color", 10), ("shape", 4), ("size", 3), ("motion", 13)];
 const CAMERA_HEAD: (&str, usize) = ("camera", 5);
 
-/// Slot queries and per-slot heads on the encoder's output.
+/// Slot queries and per-slot heads on the encoder's output, and the per-token heads.
 struct Heads {
     vars: VarMap,
     queries: Tensor,
     hidden: Vec<(Tensor, Tensor)>,
     /// Per slot: its heads as (weight [n, d], bias [n]).
     heads: Vec<Vec<(Tensor, Tensor)>>,
+    /// With `token_weight`: a hidden layer, then the role and colour heads, on single tokens.
+    token: Option<[(Tensor, Tensor); 3]>,
+}
+
+/// A hidden layer with a residual connection: h = x + gelu(x W^T + b).
+fn residual_hidden(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    Ok((x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?.gelu()? + x)?)
+}
+
+fn linear(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    Ok(x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?)
 }
 
 impl Heads {
-    fn new(d: usize, seed: u64, device: &Device) -> Result<Self> {
+    fn new(d: usize, seed: u64, token_heads: bool, device: &Device) -> Result<Self> {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let mut rng = TrainRng::new(seed ^ 0x7E47_0000_0000_0001);
@@ -145,7 +279,48 @@ impl Heads {
             }
             heads.push(slot);
         }
-        Ok(Self { vars, queries, hidden, heads })
+        let token = if token_heads {
+            Some([
+                (var("token.hidden.weight".into(), &[d, d], bound(d))?, var("token.hidden.bias".into(), &[d], Init::Zeros)?),
+                (var("token.role.weight".into(), &[ROLES.len(), d], bound(d))?, var("token.role.bias".into(), &[ROLES.len()], Init::Zeros)?),
+                (var("token.colour.weight".into(), &[Color::ALL.len(), d], bound(d))?, var("token.colour.bias".into(), &[Color::ALL.len()], Init::Zeros)?),
+            ])
+        } else {
+            None
+        };
+        Ok(Self { vars, queries, hidden, heads, token })
+    }
+
+    /// The token heads' cross-entropy summed over the labelled tokens, their count, and the hits
+    /// per head (`token_role`, `token_colour`); none without token heads.
+    fn token_loss(&self, enc: &Tensor, labels: &[TokenLabels]) -> Result<Option<(Tensor, usize, Vec<(String, usize, usize)>)>> {
+        let Some([hidden, role, colour]) = &self.token else { return Ok(None) };
+        let (b, l, d) = enc.dims3()?;
+        let flat = enc.reshape((b * l, d))?;
+        let mut sums = Vec::new();
+        let mut count = 0;
+        let mut hits = Vec::new();
+        for (name, head, pick) in [
+            ("token_role", role, (|t: &TokenLabels| &t.roles) as fn(&TokenLabels) -> &Vec<(usize, u32)>),
+            ("token_colour", colour, |t: &TokenLabels| &t.colours),
+        ] {
+            let (rows, targets): (Vec<u32>, Vec<u32>) =
+                labels.iter().enumerate().flat_map(|(r, t)| pick(t).iter().map(move |&(p, class)| ((r * l + p) as u32, class))).unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let x = flat.index_select(&Tensor::new(rows.as_slice(), enc.device())?, 0)?;
+            let logits = linear(&residual_hidden(&x, hidden)?, head)?;
+            let right = logits.argmax(D::Minus1)?.to_vec1::<u32>()?.iter().zip(&targets).filter(|(p, t)| p == t).count();
+            hits.push((name.to_string(), right, targets.len()));
+            let t = Tensor::new(targets.as_slice(), enc.device())?.unsqueeze(1)?;
+            sums.push(candle_nn::ops::log_softmax(&logits, 1)?.gather(&t, 1)?.neg()?.sum_all()?);
+            count += targets.len();
+        }
+        if sums.is_empty() {
+            return Ok(Some((Tensor::zeros((), DType::F32, enc.device())?, 0, hits)));
+        }
+        Ok(Some((Tensor::stack(&sums, 0)?.sum_all()?, count, hits)))
     }
 
     fn params(&self) -> Vec<Param> {
@@ -167,11 +342,8 @@ impl Heads {
         let pooled = attn.matmul(enc)?; // [B, S, d]
         let mut out = Vec::with_capacity(SLOTS);
         for (s, slot) in self.heads.iter().enumerate() {
-            let (w, b) = &self.hidden[s];
-            let p = pooled.i((.., s))?;
-            let h = p.matmul(&w.t()?)?.broadcast_add(b)?.gelu()?;
-            let h = (h + p)?;
-            out.push(slot.iter().map(|(w, b)| Ok(h.matmul(&w.t()?)?.broadcast_add(b)?)).collect::<Result<Vec<_>>>()?);
+            let h = residual_hidden(&pooled.i((.., s))?, &self.hidden[s])?;
+            out.push(slot.iter().map(|head| linear(&h, head)).collect::<Result<Vec<_>>>()?);
         }
         Ok(out)
     }
@@ -292,10 +464,40 @@ const SCENE_SALT: u64 = 0x7E47_5CE0_0000_0001;
 const CAPTION_SALT: u64 = 0x7E47_CA90_0000_0002;
 
 /// Item `index` of the stream: a scene and one of its captions.
-fn caption_item(seed: u64, index: u64, split: Split) -> (String, SceneLabels) {
+fn caption_item(seed: u64, index: u64, split: Split) -> (String, Scene) {
     let scene = sample(seed ^ SCENE_SALT, index, &SamplerConfig::default(), split).scene;
     let caption = caption_for(&scene, &mut Rng::for_item(seed ^ CAPTION_SALT, index), split);
-    (caption, SceneLabels::of(&scene))
+    (caption, scene)
+}
+
+/// The pretraining loss of items `indices` of the stream (`token_weight` times the token heads'
+/// mean loss added to the slot heads'), and the hits per head.
+fn batch_loss(
+    models: &DitModels,
+    heads: &Heads,
+    words: &TokenWords,
+    token_weight: f64,
+    seed: u64,
+    indices: impl Iterator<Item = u64>,
+    split: Split,
+) -> Result<(Tensor, Vec<(String, usize, usize)>)> {
+    let (captions, scenes): (Vec<String>, Vec<Scene>) = indices.map(|i| caption_item(seed, i, split)).unzip();
+    let labels: Vec<SceneLabels> = scenes.iter().map(SceneLabels::of).collect();
+    let enc = models.encode_text(&captions)?;
+    let (mut loss, mut hits) = loss_and_hits(&heads.forward(&enc)?, &labels, enc.device())?;
+    if heads.token.is_some() {
+        let tokens = models.text_encoder.tokenize(&captions)?;
+        let ids = tokens.input_ids.to_vec2::<u32>()?;
+        let token_labels: Vec<TokenLabels> =
+            scenes.iter().zip(&ids).zip(&tokens.prompts).map(|((scene, ids), p)| TokenLabels::of(scene, ids, p.seq_len, words)).collect();
+        if let Some((sum, count, token_hits)) = heads.token_loss(&enc, &token_labels)? {
+            if count > 0 {
+                loss = (loss + (sum * (token_weight / count as f64))?)?;
+            }
+            hits.extend(token_hits);
+        }
+    }
+    Ok((loss, hits))
 }
 
 /// Accuracy per head on held-out captions, and the run's last training loss.
@@ -324,7 +526,12 @@ impl TextPretrainReport {
             acc("object_shape"),
             acc("object_size"),
             acc("object_motion")
-        )
+        ) + &self
+            .accuracy
+            .iter()
+            .filter(|(n, _)| n.starts_with("token_"))
+            .map(|(n, a)| format!(", {} {:.0}%", n.replace('_', " "), a * 100.0))
+            .collect::<String>()
     }
 }
 
@@ -333,17 +540,16 @@ impl TextPretrainReport {
 pub fn pretrain_text_encoder(models: &DitModels, cfg: &TextPretrainConfig, seed: u64, adamw: &AdamWConfig, device: &Device) -> Result<TextPretrainReport> {
     cfg.validate().map_err(|message| TrainError::Config { path: Default::default(), message })?;
     let start = std::time::Instant::now();
-    let heads = Heads::new(models.text_cfg.d_model, seed, device)?;
+    let heads = Heads::new(models.text_cfg.d_model, seed, cfg.token_weight > 0.0, device)?;
+    let words = TokenWords::of(models)?;
     let mut params: Vec<Param> = models.params().into_iter().filter(|p| p.name.starts_with("text_encoder.")).collect();
     params.extend(heads.params());
     let mut opt = AdamW::new(params.clone(), adamw.clone())?;
     let schedule = LrSchedule { peak: cfg.lr, warmup_steps: cfg.warmup_steps, total_steps: cfg.steps, min_ratio: 0.1 };
     let mut last_loss = f64::NAN;
     for step in 0..cfg.steps {
-        let (captions, labels): (Vec<String>, Vec<SceneLabels>) =
-            (0..cfg.batch_size as u64).map(|j| caption_item(seed, step * cfg.batch_size as u64 + j, Split::Train)).unzip();
-        let enc = models.encode_text(&captions)?;
-        let (loss, _) = loss_and_hits(&heads.forward(&enc)?, &labels, device)?;
+        let batch = step * cfg.batch_size as u64..(step + 1) * cfg.batch_size as u64;
+        let (loss, _) = batch_loss(models, &heads, &words, cfg.token_weight, seed, batch, Split::Train)?;
         last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !last_loss.is_finite() {
             return Err(TrainError::Diverged { step: step + 1, what: format!("text pretraining loss is {last_loss}") });
@@ -355,9 +561,7 @@ pub fn pretrain_text_encoder(models: &DitModels, cfg: &TextPretrainConfig, seed:
     // held-out scenes and phrasings
     let mut totals: Vec<(String, usize, usize)> = Vec::new();
     for chunk in (0..cfg.eval_captions as u64).collect::<Vec<_>>().chunks(64) {
-        let (captions, labels): (Vec<String>, Vec<SceneLabels>) = chunk.iter().map(|&i| caption_item(seed, i, Split::Eval)).unzip();
-        let enc = models.encode_text(&captions)?.detach();
-        let (_, hits) = loss_and_hits(&heads.forward(&enc)?, &labels, device)?;
+        let (_, hits) = batch_loss(models, &heads, &words, cfg.token_weight, seed, chunk.iter().copied(), Split::Eval)?;
         for (name, right, n) in hits {
             match totals.iter_mut().find(|t| t.0 == name) {
                 Some(t) => (t.1, t.2) = (t.1 + right, t.2 + n),
