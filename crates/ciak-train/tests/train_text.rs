@@ -67,7 +67,7 @@ fn token_labels_bind_colour_words_to_roles_and_nouns_to_colours() {
     assert_eq!(l.colours, vec![(2, 0), (8, 0), (11, 3)]);
 
     // two balls of two colours: "ball" names neither; "sky" means nothing on a plain background
-    let mut second = scene.objects[0].clone();
+    let mut second = scene.objects[0];
     second.color = Color::Blue;
     scene.objects.push(second);
     scene.background = Background::Plain { color: Color::Green };

@@ -127,6 +127,9 @@ impl SceneLabels {
     }
 }
 
+/// Per head: its name, the right answers and the answers scored.
+type Hits = Vec<(String, usize, usize)>;
+
 /// Roles a colour word can fill, the classes of the `token_role` head.
 const ROLES: [&str; 7] = ["object", "plain", "sky", "ground", "checkerboard", "gradient_top", "gradient_bottom"];
 
@@ -293,7 +296,7 @@ impl Heads {
 
     /// The token heads' cross-entropy summed over the labelled tokens, their count, and the hits
     /// per head (`token_role`, `token_colour`); none without token heads.
-    fn token_loss(&self, enc: &Tensor, labels: &[TokenLabels]) -> Result<Option<(Tensor, usize, Vec<(String, usize, usize)>)>> {
+    fn token_loss(&self, enc: &Tensor, labels: &[TokenLabels]) -> Result<Option<(Tensor, usize, Hits)>> {
         let Some([hidden, role, colour]) = &self.token else { return Ok(None) };
         let (b, l, d) = enc.dims3()?;
         let flat = enc.reshape((b * l, d))?;
@@ -372,11 +375,11 @@ fn assignments(n: usize) -> Vec<Vec<usize>> {
 /// scene's objects into the three object slots, the one with the lowest attribute loss counts,
 /// and slots left empty learn "no object". So a slot need not know an object's place in the
 /// caption's order (relative positions hardly can), only bind its words.
-fn loss_and_hits(logits: &[Vec<Tensor>], labels: &[SceneLabels], device: &Device) -> Result<(Tensor, Vec<(String, usize, usize)>)> {
+fn loss_and_hits(logits: &[Vec<Tensor>], labels: &[SceneLabels], device: &Device) -> Result<(Tensor, Hits)> {
     let b = labels.len();
     let mut sums: Vec<Tensor> = Vec::new();
     let mut terms = 0usize;
-    let mut hits: Vec<(String, usize, usize)> = Vec::new();
+    let mut hits: Hits = Vec::new();
     let mut hit = |name: &str, right: bool| match hits.iter_mut().find(|h| h.0 == name) {
         Some(h) => (h.1, h.2) = (h.1 + usize::from(right), h.2 + 1),
         None => hits.push((name.to_string(), usize::from(right), 1)),
@@ -480,7 +483,7 @@ fn batch_loss(
     seed: u64,
     indices: impl Iterator<Item = u64>,
     split: Split,
-) -> Result<(Tensor, Vec<(String, usize, usize)>)> {
+) -> Result<(Tensor, Hits)> {
     let (captions, scenes): (Vec<String>, Vec<Scene>) = indices.map(|i| caption_item(seed, i, split)).unzip();
     let labels: Vec<SceneLabels> = scenes.iter().map(SceneLabels::of).collect();
     let enc = models.encode_text(&captions)?;
