@@ -10,6 +10,13 @@
 //! the encoder is then frozen for the DiT run, so the DiT reads a fixed text representation in
 //! which those facts are already resolved from the words and their order.
 //!
+//! The slot heads pool over all tokens, so they do not make a role's colour sit on the role's own
+//! tokens: in the shipped encoder "sky" moves as much with the ground's colour as with its own,
+//! and the DiT cannot tell which colour goes where. With `token_weight`, per-token heads ask each
+//! colour word which role it fills (object, plain background, sky, ground, checkerboard, gradient
+//! top or bottom) and each shape noun, "sky" and ground noun what colour its thing has
+//! ([`TokenLabels`]); `examples/roles_probe.rs` measures the binding.
+//!
 //! Captions are drawn from the training templates and scenes; the report scores the heads on
 //! held-out scenes and phrasings (`Split::Eval`), the same split `ciak eval` uses.
 use super::dit::{init_var, DitModels, Init};
