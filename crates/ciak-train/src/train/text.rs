@@ -257,6 +257,12 @@ fn residual_hidden(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
     Ok((x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?.gelu()? + x)?)
 }
 
+/// Per-row cross-entropy [N] of logits [N, n] against one target class per row.
+fn row_ce(logits: &Tensor, targets: &[u32], device: &Device) -> Result<Tensor> {
+    let t = Tensor::new(targets, device)?.unsqueeze(1)?;
+    Ok(candle_nn::ops::log_softmax(logits, 1)?.gather(&t, 1)?.squeeze(1)?.neg()?)
+}
+
 fn linear(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
     Ok(x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?)
 }
@@ -323,8 +329,7 @@ impl Heads {
             let logits = linear(&residual_hidden(&x, hidden)?, head)?;
             let right = logits.argmax(D::Minus1)?.to_vec1::<u32>()?.iter().zip(&targets).filter(|(p, t)| p == t).count();
             hits.push((name.to_string(), right, targets.len()));
-            let t = Tensor::new(targets.as_slice(), enc.device())?.unsqueeze(1)?;
-            sums.push(candle_nn::ops::log_softmax(&logits, 1)?.gather(&t, 1)?.neg()?.sum_all()?);
+            sums.push(row_ce(&logits, &targets, enc.device())?.sum_all()?);
             count += targets.len();
         }
         if sums.is_empty() {
@@ -391,11 +396,7 @@ fn loss_and_hits(logits: &[Vec<Tensor>], labels: &[SceneLabels], device: &Device
         Some(h) => (h.1, h.2) = (h.1 + usize::from(right), h.2 + 1),
         None => hits.push((name.to_string(), usize::from(right), 1)),
     };
-    // per-row cross-entropy [B] of a head against one target per row
-    let row_ce = |l: &Tensor, targets: &[u32]| -> Result<Tensor> {
-        let t = Tensor::new(targets, device)?.unsqueeze(1)?;
-        Ok(candle_nn::ops::log_softmax(l, 1)?.gather(&t, 1)?.squeeze(1)?.neg()?)
-    };
+    let row_ce = |l: &Tensor, targets: &[u32]| row_ce(l, targets, device);
     let argmax = |l: &Tensor| -> Result<Vec<u32>> { Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?) };
 
     let mut whole = |name: &str, l: &Tensor, targets: Vec<u32>, sums: &mut Vec<Tensor>| -> Result<()> {
