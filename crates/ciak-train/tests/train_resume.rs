@@ -280,8 +280,23 @@ fn init_from_adds_position_channels_without_changing_the_prediction() {
     let clip = pipe.generate(&req, &mut |_| {}, None).unwrap();
     assert_eq!((clip.frames.dims(), clip.latents.dim(1).unwrap()), (&[5, 32, 32, 3][..], 16));
 
+    // a 2-channel model goes on with sine features: its weights kept, the sines' at zero
+    let sines = ciak_train::train::dit::DitTrainConfig {
+        init_from: Some(out.clone()),
+        transformer: ciak_train::train::dit::DitArch { position_channels: 6, ..init.transformer.clone() },
+        ..init.clone()
+    };
+    let third = DitTrainer::new(&sines, &dev).unwrap();
+    let w = &third.weights()[name];
+    assert_eq!(w.dims(), &[48, 22, 1, 2, 2]);
+    assert_eq!(bits(&w.narrow(1, 0, 18).unwrap()), bits(&second.ema_weights()[name]));
+    assert!(bits(&w.narrow(1, 18, 4).unwrap()).iter().all(|&b| b == 0), "the sine channels start at zero");
+    let got = third.models.transformer.forward(&x, &t, &ctx, None).unwrap();
+    let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err < 1e-5, "2 + sines vs 2-channel model: {err}");
+
     let mut three = init.clone();
     three.transformer.position_channels = 3;
     let err = DitTrainer::new(&three, &dev).err().expect("an unsupported count").to_string();
-    assert!(err.contains("expected transformer.position_channels 0 or 2, got 3"), "{err}");
+    assert!(err.contains("expected transformer.position_channels 0, 2, or 2 + 4k with k octaves of sine features (k <= 8), got 3"), "{err}");
 }

@@ -423,9 +423,10 @@ impl WanTransformer3DModel {
         if cfg.patch_volume() == 0 || cfg.num_attention_heads == 0 {
             candle_core::bail!("transformer: patch_size {:?} and heads must be nonzero", cfg.patch_size);
         }
-        if !position::SUPPORTED.contains(&cfg.position_channels) || cfg.position_channels >= cfg.in_channels {
+        if !position::supported(cfg.position_channels) || cfg.position_channels >= cfg.in_channels {
             candle_core::bail!(
-                "transformer: expected position_channels 0 or 2 and below in_channels {}, got {}",
+                "transformer: expected position_channels {} and below in_channels {}, got {}",
+                position::expected(),
                 cfg.in_channels,
                 cfg.position_channels
             );
@@ -671,7 +672,7 @@ mod tests {
         assert!(err.contains("expected 4 input channels, got 6"), "{err}");
         let bad = WanTransformerConfig { position_channels: 3, ..plain_cfg };
         let err = WanTransformer3DModel::new(&bad, VarBuilder::zeros(DType::F32, &dev)).err().unwrap().to_string();
-        assert!(err.contains("expected position_channels 0 or 2"), "{err}");
+        assert!(err.contains("expected position_channels 0, 2, or 2 + 4k"), "{err}");
         Ok(())
     }
 

@@ -52,8 +52,8 @@ pub struct DitArch {
     pub eps: f64,
     #[serde(default = "defaults::rope_max_seq_len")]
     pub rope_max_seq_len: usize,
-    /// Coordinate channels appended to the latents (0 or 2: height and width; ciak_models'
-    /// `wan::position`): the patch embedding reads `latent_channels + position_channels`.
+    /// Coordinate channels appended to the latents (0; 2: height and width; 2 + 4k: and k octaves of
+    /// their sines and cosines; ciak_models' `wan::position`): the patch embedding reads `latent_channels + position_channels`.
     #[serde(default)]
     pub position_channels: usize,
 }
@@ -384,8 +384,8 @@ impl DitTrainConfig {
         if !hd.is_multiple_of(2) || hd < 6 {
             return Err(format!("expected transformer.attention_head_dim even and >= 6 (RoPE), got {hd}"));
         }
-        if !position::SUPPORTED.contains(&t.position_channels) {
-            return Err(format!("expected transformer.position_channels 0 or 2, got {}", t.position_channels));
+        if !position::supported(t.position_channels) {
+            return Err(format!("expected transformer.position_channels {}, got {}", position::expected(), t.position_channels));
         }
         let nonzero = [
             ("transformer.num_attention_heads", t.num_attention_heads),
