@@ -21,6 +21,7 @@ done <<'EOF'
 red-ball-right||a red ball moves to the right on a blue background
 yellow-star-up||On a plain purple backdrop, a large yellow star drifts upward.
 green-square-left|--aspect 9:16|a green square slides left across a white background
+sky-ground||a green ball moves right under an orange sky over white ground
 two-objects|--aspect 1:1|a blue circle moves down and a red triangle moves right on a black background
 EOF
 ls -la docs/builtin

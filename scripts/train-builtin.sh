@@ -10,7 +10,7 @@
 # RAYON_NUM_THREADS (default 2, the build machine's cores).
 #
 # Stages, with the time each took when the shipped model was made on the 2-core build machine
-# (docs/training.md, "The run behind models/builtin"; about 8 h 5 min in order, plus 11 min of H200):
+# (docs/training.md, "The run behind models/builtin"; about 16 h in order, plus 11 min of H200):
 #   1. VAE, train/vae-x4.json, steps 1-1500 of its 6000-step schedule (= train/vae-x4-1500)  48 min
 #   2. VAE, train/vae-x4-full.json from stage 1: encoder and decoder, 4000 more steps with the
 #      object weighting (= train/vae-x4f)                                                1 h 43 min
@@ -28,6 +28,15 @@
 #  10. VAE, train/vae-x4f8-decoder2.json from stage 4: the decoder alone again, on 25-frame
 #      windows only, objects weighted 7 times, 1800 steps (same latent space, so stages 5-9
 #      stand); its decoder replaces stage 4's in the model folder                 1 h 21 min, 1 thread
+#  11. VAE, train/vae-x4f8-all.json from stage 10's: encoder and decoder, 4000 steps (a new latent
+#      space, = train/vae-x4f8-all-4000)                      3 h 26 min of training, 2 threads
+#  12. latent cache of 1000 clips of train/world-single-edges-scenes.json (all four background
+#      kinds) with stage 11's VAE                                                         10 min
+#  13. DiT from stage 9's model (with stage 10's VAE), train/dit-x4r11.json: coordinate channels,
+#      2000 steps on stage 12's cache                                                1 h 20 min
+#  14. the same cache grown to 2000 clips (the first 1000 kept)                          10 min
+#  15. DiT from stage 13's model, train/dit-x4r13.json: 1000 steps at lr 4e-4 (shipped
+#      2026-11-29, fourth session)                                       1 h 25 min, 1 thread
 # Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
 # FEATURES=cuda; scripts/gpu-train.sh runs them on the lent GPU machine, which has no Rust), about
 # a day on the 2-core build machine (0.76 clips/s at 2 threads).
@@ -128,12 +137,45 @@ MODEL="$OUT/dit4/model"
 run_stage "$OUT/vae-d2" "$(config_steps train/vae-x4f8-decoder2.json)" "$OUT/vae-d2/vae/config.json" "$ciak" train vae \
     --config train/vae-x4f8-decoder2.json --init-from "$OUT/vae-d/vae" --out "$OUT/vae-d2"
 
-# swap the folder in whole, with stage 10's decoder
+# stage 9's DiT with stage 10's decoder: the model stage 13 starts from
+if [[ ! -f "$OUT/model10/ciak.json" ]]; then
+    rm -rf "$OUT/model10.new"
+    cp -r "$MODEL" "$OUT/model10.new"
+    rm -rf "$OUT/model10.new/vae"
+    cp -r "$OUT/vae-d2/vae" "$OUT/model10.new/vae"
+    mv "$OUT/model10.new" "$OUT/model10"
+fi
+
+# 11: encoder and decoder on, a new latent space
+run_stage "$OUT/vae-all" "$(config_steps train/vae-x4f8-all.json)" "$OUT/vae-all/vae/config.json" "$ciak" train vae \
+    --config train/vae-x4f8-all.json --init-from "$OUT/vae-d2/vae" --out "$OUT/vae-all"
+
+# 12-13: the scenes world in that latent space, and the DiT on it with coordinate channels
+if [[ -f "$OUT/latents-scenes/cache.json" ]]; then resume=(--resume); else resume=(); fi
+"$ciak" train latents --vae "$OUT/vae-all/vae" --count 1000 --seed 2 --world train/world-single-edges-scenes.json \
+    --out "$OUT/latents-scenes" "${resume[@]}"
+if [[ -f "$OUT/dit5/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/model10"); fi
+run_stage "$OUT/dit5" "$(config_steps train/dit-x4r11.json)" "$OUT/dit5/model/ciak.json" "$ciak" train dit \
+    --config train/dit-x4r11.json "${init[@]}" --latents "$OUT/latents-scenes" --vae "$OUT/vae-all/vae" --out "$OUT/dit5"
+
+# 14-15: twice the clips (a copy grown, so stage 12's cache stays as stage 13 saw it), then more
+# scene steps at a higher rate
+if [[ ! -f "$OUT/latents-scenes2k/cache.json" ]]; then
+    rm -rf "$OUT/latents-scenes2k.new" && cp -r "$OUT/latents-scenes" "$OUT/latents-scenes2k.new"
+    "$ciak" train latents --vae "$OUT/vae-all/vae" --count 2000 --seed 2 --world train/world-single-edges-scenes.json \
+        --out "$OUT/latents-scenes2k.new" --resume
+    mv "$OUT/latents-scenes2k.new" "$OUT/latents-scenes2k"
+fi
+if [[ -f "$OUT/dit6/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit5/model"); fi
+run_stage "$OUT/dit6" "$(config_steps train/dit-x4r13.json)" "$OUT/dit6/model/ciak.json" "$ciak" train dit \
+    --config train/dit-x4r13.json "${init[@]}" --latents "$OUT/latents-scenes2k" --vae "$OUT/vae-all/vae" --out "$OUT/dit6"
+
+# swap the folder in whole
+MODEL="$OUT/dit6/model"
+[[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 rm -rf models/builtin.new
 mkdir -p models
 cp -r "$MODEL" models/builtin.new
-rm -rf models/builtin.new/vae
-cp -r "$OUT/vae-d2/vae" models/builtin.new/vae
 rm -rf models/builtin
 mv models/builtin.new models/builtin
 echo "models/builtin updated from $MODEL"
