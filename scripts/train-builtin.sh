@@ -75,6 +75,14 @@ run_stage() {
     if ((at > 0)); then "$@" --resume; else "$@"; fi
 }
 
+# cache OUT ARGS...: builds (or continues) the latent cache in OUT with `train latents ARGS`
+cache() {
+    local out=$1 resume=()
+    shift
+    [[ -f "$out/cache.json" ]] && resume=(--resume)
+    "$ciak" train latents --out "$out" "$@" "${resume[@]}"
+}
+
 mkdir -p "$OUT"
 
 # 1-2: the 4x VAE, then the same VAE with moving objects weighted
@@ -94,9 +102,7 @@ run_stage "$OUT/vae-d" "$(config_steps train/vae-x4f8-decoder.json)" "$OUT/vae-d
     --config train/vae-x4f8-decoder.json --init-from "$OUT/vae-r" --out "$OUT/vae-d"
 
 # 5-6: latents (the encoder is stage 3's either way) and the DiT
-if [[ -f "$OUT/latents/cache.json" ]]; then resume=(--resume); else resume=(); fi
-"$ciak" train latents --vae "$OUT/vae-d/vae" --count 1500 --seed 1 --world train/world-single-edges-large.json \
-    --out "$OUT/latents" "${resume[@]}"
+cache "$OUT/latents" --vae "$OUT/vae-d/vae" --count 1500 --seed 1 --world train/world-single-edges-large.json
 run_stage "$OUT/dit" "$(config_steps train/dit-x4r.json)" "$OUT/dit/model/ciak.json" "$ciak" train dit --config train/dit-x4r.json \
     --latents "$OUT/latents" --vae "$OUT/vae-d/vae" --out "$OUT/dit"
 
@@ -113,9 +119,8 @@ run_stage "$OUT/dit2" "$DIT2_STOP" "$OUT/dit2/model/ciak.json" "$ciak" train dit
 # 8: from stage 7's model, clips only at batch 32 with the motion term, on a cache of 700 clips
 # (what the GPU machine encoded in its budget)
 [[ -f "$OUT/dit2/model/ciak.json" ]] || { echo "no exported model in $OUT/dit2/model" >&2; exit 1; }
-if [[ -f "$OUT/latents-700/cache.json" ]]; then resume=(--resume); else resume=(); fi
-"$ciak" train latents --vae "$OUT/vae-d/vae" --count 700 --seed 1 --world train/world-single-edges-large.json \
-    --out "$OUT/latents-700" --device "$DEVICE" "${resume[@]}"
+cache "$OUT/latents-700" --vae "$OUT/vae-d/vae" --count 700 --seed 1 --world train/world-single-edges-large.json \
+    --device "$DEVICE"
 if [[ -f "$OUT/dit3/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit2/model"); fi
 run_stage "$OUT/dit3" "$(config_steps train/dit-x4r7-gpu.json)" "$OUT/dit3/model/ciak.json" "$ciak" train dit \
     --config train/dit-x4r7-gpu.json "${init[@]}" --latents "$OUT/latents-700" --vae "$OUT/vae-d/vae" --out "$OUT/dit3" \
@@ -151,9 +156,7 @@ run_stage "$OUT/vae-all" "$(config_steps train/vae-x4f8-all.json)" "$OUT/vae-all
     --config train/vae-x4f8-all.json --init-from "$OUT/vae-d2/vae" --out "$OUT/vae-all"
 
 # 12-13: the scenes world in that latent space, and the DiT on it with coordinate channels
-if [[ -f "$OUT/latents-scenes/cache.json" ]]; then resume=(--resume); else resume=(); fi
-"$ciak" train latents --vae "$OUT/vae-all/vae" --count 1000 --seed 2 --world train/world-single-edges-scenes.json \
-    --out "$OUT/latents-scenes" "${resume[@]}"
+cache "$OUT/latents-scenes" --vae "$OUT/vae-all/vae" --count 1000 --seed 2 --world train/world-single-edges-scenes.json
 if [[ -f "$OUT/dit5/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/model10"); fi
 run_stage "$OUT/dit5" "$(config_steps train/dit-x4r11.json)" "$OUT/dit5/model/ciak.json" "$ciak" train dit \
     --config train/dit-x4r11.json "${init[@]}" --latents "$OUT/latents-scenes" --vae "$OUT/vae-all/vae" --out "$OUT/dit5"
@@ -162,8 +165,7 @@ run_stage "$OUT/dit5" "$(config_steps train/dit-x4r11.json)" "$OUT/dit5/model/ci
 # scene steps at a higher rate
 if [[ ! -f "$OUT/latents-scenes2k/cache.json" ]]; then
     rm -rf "$OUT/latents-scenes2k.new" && cp -r "$OUT/latents-scenes" "$OUT/latents-scenes2k.new"
-    "$ciak" train latents --vae "$OUT/vae-all/vae" --count 2000 --seed 2 --world train/world-single-edges-scenes.json \
-        --out "$OUT/latents-scenes2k.new" --resume
+    cache "$OUT/latents-scenes2k.new" --vae "$OUT/vae-all/vae" --count 2000 --seed 2 --world train/world-single-edges-scenes.json
     mv "$OUT/latents-scenes2k.new" "$OUT/latents-scenes2k"
 fi
 if [[ -f "$OUT/dit6/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit5/model"); fi
