@@ -88,8 +88,7 @@ fn main() {
             let s: PromptScore = score(&expected, &analysis, clip.frames);
             scores[row].push((n, s, analysis.flicker));
         };
-        let (roundtrip, _) = pipe.vae.encode(&x).unwrap();
-        read(0, &frames_rgb8(&pipe.vae.decode(&roundtrip).unwrap()).unwrap());
+        read(0, &frames_rgb8(&pipe.vae.decode(&mean).unwrap()).unwrap());
         for &s in &sigmas {
             let xt = ((&z * (1.0 - s)).unwrap() + (&noise * s).unwrap()).unwrap();
             let t = Tensor::new(&[(s * 1000.0) as f32], &dev).unwrap();

@@ -13,12 +13,15 @@
 //! knows which two colours are named paints a blend (margin near 0) and lets the noise decide.
 //!
 //!   cargo run --release -p ciak-train --example scene_roles_probe -- MODEL_DIR [GUIDANCE]
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::vae::frames_rgb8;
 use ciak_train::world::Color;
+
+#[path = "probe_common/mod.rs"]
+mod probe_common;
+use probe_common::sigma1_first_frames;
 
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: scene_roles_probe MODEL_DIR [GUIDANCE]");
@@ -29,7 +32,6 @@ fn main() {
     let (w, h, frames) = (224usize, 128usize, 25usize);
     let shape = (1, cfg.out_channels, (frames - 1) / 4 + 1, h / 4, w / 4);
     let uncond = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
-    let t = Tensor::new(&[1000f32], &dev).unwrap();
     let dist = |a: [f64; 3], b: [f64; 3]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
     let rgb = |c: Color| c.rgb().map(f64::from);
     // [caption alone, guided]: (roles right, margin sum)
@@ -44,12 +46,7 @@ fn main() {
             let caption = format!("a {} ball moves right under a {} sky over {} ground", ball.name(), sky.name(), ground.name());
             let ctx = pipe.text_encoder.encode(&[caption]).unwrap().prompt_embeds;
             let noise = TrainRng::new((i * 10 + j) as u64).gaussian(&[shape.0, shape.1, shape.2, shape.3, shape.4], &dev).unwrap();
-            let vc = pipe.transformer.forward(&noise, &t, &ctx, None).unwrap();
-            let vu = pipe.transformer.forward(&noise, &t, &uncond, None).unwrap();
-            let guided = (&vu + ((&vc - &vu).unwrap() * guidance).unwrap()).unwrap();
-            for (k, v) in [vc, guided].iter().enumerate() {
-                let x0 = (&noise - v).unwrap().narrow(2, 0, 1).unwrap();
-                let img = frames_rgb8(&pipe.vae.decode(&pipe.vae.denormalize_latents(&x0).unwrap()).unwrap()).unwrap();
+            for (k, img) in sigma1_first_frames(&pipe, &noise, &ctx, &uncond, guidance).iter().enumerate() {
                 let band = |rows: std::ops::Range<usize>| {
                     let mut s = [0f64; 3];
                     let count = (rows.len() * w) as f64;

@@ -18,14 +18,18 @@
 //!
 //! OUT_DIR: also writes `scene-<i>.png` per scene, the four renders' first frames on top and the
 //! four guided x0 frames below.
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{LoadOptions, WanPipeline};
 use ciak_train::preview::write_png;
 use ciak_train::train::flow::TrainRng;
-use ciak_train::train::vae::{eval_scene_in, frames_rgb8};
+use ciak_train::train::vae::eval_scene_in;
 use ciak_train::world::Shape;
 use ciak_train::{canonical_caption, render};
+
+#[path = "probe_common/mod.rs"]
+mod probe_common;
+use probe_common::sigma1_first_frames;
 
 fn main() {
     let usage = "usage: shape_probe MODEL_DIR WORLD_JSON [SCENES [GUIDANCE [OUT_DIR]]]";
@@ -42,7 +46,6 @@ fn main() {
     let dev = Device::Cpu;
     let pipe = WanPipeline::load(&WanModelDir::open(std::path::Path::new(&dir)).unwrap(), &LoadOptions::default()).unwrap();
     let uncond = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
-    let t = Tensor::new(&[1000f32], &dev).unwrap();
     // [caption alone, guided] x shape: (right, margin sum, count)
     let mut sums = [[(0usize, 0f64, 0usize); 4]; 2];
     for i in 0..scenes {
@@ -77,16 +80,9 @@ fn main() {
         let mut drawn: Vec<Vec<u8>> = Vec::new();
         for (k, variant) in variants.iter().enumerate() {
             let ctx = pipe.text_encoder.encode(&[canonical_caption(variant)]).unwrap().prompt_embeds;
-            let vc = pipe.transformer.forward(&noise, &t, &ctx, None).unwrap();
-            let vu = pipe.transformer.forward(&noise, &t, &uncond, None).unwrap();
-            let guided = (&vu + ((&vc - &vu).unwrap() * guidance).unwrap()).unwrap();
-            for (g, v) in [vc, guided].iter().enumerate() {
-                let x0 = (&noise - v).unwrap().narrow(2, 0, 1).unwrap();
-                let img = frames_rgb8(&pipe.vae.decode(&pipe.vae.denormalize_latents(&x0).unwrap()).unwrap()).unwrap();
-                let d: Vec<f64> = renders.iter().map(|r| dist(&img, r)).collect();
-                if g == 1 {
-                    drawn.push(img.clone());
-                }
+            let [alone, guided] = sigma1_first_frames(&pipe, &noise, &ctx, &uncond, guidance);
+            for (g, img) in [&alone, &guided].into_iter().enumerate() {
+                let d: Vec<f64> = renders.iter().map(|r| dist(img, r)).collect();
                 let nearest = (0..4).min_by(|&a, &b| d[a].total_cmp(&d[b])).unwrap();
                 let others = (d.iter().sum::<f64>() - d[k]) / 3.0;
                 let cell = &mut sums[g][k];
@@ -94,6 +90,7 @@ fn main() {
                 cell.1 += (others - d[k]) / between.max(1e-9);
                 cell.2 += 1;
             }
+            drawn.push(guided);
         }
         if let Some(d) = &out_dir {
             // two rows of four frames: the renders, then the guided x0s
