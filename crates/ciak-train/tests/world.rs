@@ -371,6 +371,42 @@ fn amount_spread_zero_gives_every_motion_one_strength() {
 }
 
 #[test]
+fn background_spread_zero_gives_one_horizon_and_one_checker_cell() {
+    let layouts = |spread: f32| {
+        let cfg = SamplerConfig::from_json(&serde_json::json!({
+            "object_count_weights": [1, 0, 0],
+            "background_weights": [0, 1, 1, 0],
+            "camera_probability": 0,
+            "background_spread": spread,
+        }))
+        .unwrap();
+        let mut rng = Rng::new(11);
+        let (mut horizons, mut cells) = (Vec::<f32>::new(), Vec::<f32>::new());
+        for _ in 0..200 {
+            let s = sample_scene(&mut rng, &cfg, Split::Train);
+            assert!(s.validate().is_ok());
+            match s.background {
+                Background::SkyGround { horizon, .. } => horizons.push(horizon),
+                Background::Checkerboard { cell, .. } => cells.push(cell),
+                other => panic!("a world of skies and checkerboards drew {other:?}"),
+            }
+        }
+        let span = |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(horizons.len() > 50 && cells.len() > 50, "{} {}", horizons.len(), cells.len());
+        (horizons[0], cells[0], span(&horizons), span(&cells))
+    };
+    // pinned at the middle of each range
+    let (horizon, cell, h_span, c_span) = layouts(0.0);
+    assert!((horizon - 0.625).abs() < 1e-6 && (cell - 0.29).abs() < 1e-6, "{horizon} {cell}");
+    assert_eq!((h_span, c_span), (0.0, 0.0));
+    // the default world keeps its whole ranges
+    let (_, _, h_span, c_span) = layouts(1.0);
+    assert!(h_span > 0.1 && c_span > 0.05, "{h_span} {c_span}");
+    let err = SamplerConfig::from_json(&serde_json::json!({"background_spread": 2})).unwrap_err();
+    assert!(err.contains("`background_spread` in [0, 1]"), "{err}");
+}
+
+#[test]
 fn a_narrowed_world_draws_only_what_it_names_and_reads_from_partial_json() {
     // single objects on plain backgrounds in 16:9: a curriculum stage written as a config would
     let cfg: SamplerConfig =

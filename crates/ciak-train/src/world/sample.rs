@@ -38,6 +38,13 @@ pub struct SamplerConfig {
     /// both spreads at 0 a caption that names the size pins the clip down: the clip the model
     /// has to draw from pure noise is the caption's mean clip, not a blur over places and speeds.
     pub amount_spread: f32,
+    /// Fraction of the range of a scene's free layout drawn from, centred: the horizon of a sky
+    /// over ground (0.55-0.7 of the height down) and the cell of a checkerboard (0.25-0.33 of the
+    /// short side). 1: the whole range; 0: every sky meets its ground at the same line and every
+    /// checkerboard has the same cells. A caption names neither, so at 0 the background the model
+    /// must draw from pure noise is the caption's own, not a blur over lines and cell sizes (what
+    /// the spreads above do for objects).
+    pub background_spread: f32,
     /// Where in its room each object's start is drawn from, by the object's place in the scene
     /// (first, second, third): `[x, y]`, each a fraction of the room along that axis, 0 the
     /// lowest start that keeps the track inside (touching the left or top margin), 1 the highest,
@@ -67,6 +74,7 @@ impl Default for SamplerConfig {
             camera_probability: 0.5,
             placement_spread: 1.0,
             amount_spread: 1.0,
+            background_spread: 1.0,
             placement_anchors: [[0.5; 2]; 3],
             object_scale: 1.0,
         }
@@ -112,6 +120,7 @@ impl SamplerConfig {
             ("camera_probability", self.camera_probability),
             ("placement_spread", self.placement_spread),
             ("amount_spread", self.amount_spread),
+            ("background_spread", self.background_spread),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("expected `{name}` in [0, 1], got {v}"));
@@ -177,13 +186,13 @@ fn sample_background(rng: &mut Rng, cfg: &SamplerConfig) -> Background {
         1 => loop {
             let (sky, ground) = (rng.pick(&SKIES), rng.pick(&GROUNDS));
             if sky.contrasts_with(ground) {
-                break Background::SkyGround { sky, ground, horizon: rng.range(0.55, 0.7) };
+                break Background::SkyGround { sky, ground, horizon: centred(rng, 0.55, 0.7, cfg.background_spread) };
             }
         },
         2 => loop {
             let (a, b) = (rng.pick(&CHECKER_LIGHT), rng.pick(&CHECKER_DARK));
             if a.contrasts_with(b) {
-                break Background::Checkerboard { a, b, cell: rng.range(0.25, 0.33) };
+                break Background::Checkerboard { a, b, cell: centred(rng, 0.25, 0.33, cfg.background_spread) };
             }
         },
         _ => loop {
