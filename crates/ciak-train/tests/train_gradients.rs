@@ -194,8 +194,8 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
     let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
     // with the motion term on (two latent frames), which adds to the plain loss
-    let loss = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[]).unwrap().mean(0.5).unwrap();
-    let plain = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[]).unwrap().mean(0.0).unwrap();
+    let loss = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[], &[]).unwrap().mean(0.5).unwrap();
+    let plain = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[], &[]).unwrap().mean(0.0).unwrap();
     let (with, without) = (loss.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
     assert!(with > without, "motion term: {with} against the plain loss {without}");
     let grads = loss.backward().unwrap();
@@ -218,13 +218,35 @@ fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
     let other_first = rng.gaussian(&[2, 16, 1, 4, 4], &dev).unwrap();
     let noise2 = Tensor::cat(&[&other_first, &noise.narrow(2, 1, 2).unwrap()], 2).unwrap();
     let loss = |noise: &Tensor, clean: &[bool]| {
-        trainer.models.loss_terms(&x0, &captions, noise, &[0.7, 0.9], None, 0.5, clean).unwrap().mean(0.5).unwrap().to_scalar::<f32>().unwrap()
+        trainer.models.loss_terms(&x0, &captions, noise, &[0.7, 0.9], None, 0.5, clean, &[]).unwrap().mean(0.5).unwrap().to_scalar::<f32>().unwrap()
     };
     assert_eq!(loss(&noise, &[true, true]), loss(&noise2, &[true, true]));
     assert_ne!(loss(&noise, &[false, false]), loss(&noise2, &[false, false]));
     assert_ne!(loss(&noise, &[true, false]), loss(&noise2, &[true, false]));
-    let l = trainer.models.loss_terms(&x0, &captions, &noise, &[0.7, 0.9], None, 0.5, &[true, true]).unwrap().mean(0.5).unwrap();
+    let l = trainer.models.loss_terms(&x0, &captions, &noise, &[0.7, 0.9], None, 0.5, &[true, true], &[]).unwrap().mean(0.5).unwrap();
     let grads = l.backward().unwrap();
+    for p in trainer.params() {
+        assert!(grads.get(p.var.as_tensor()).is_some(), "`{}` got no gradient", p.name);
+    }
+}
+
+/// A sample started from the model's own sigma-1 answer (`own_start`) sees that answer instead
+/// of the clip in its input: its loss then no longer depends on the clip through the input, only
+/// through the target, and changes from the plain one. The extra forward pass is not trained
+/// through, and every parameter still gets a gradient; an unflagged sample is the plain loss.
+#[test]
+fn own_start_trains_from_the_models_answer() {
+    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(2);
+    let dev = Device::Cpu;
+    let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
+    let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
+    let sigmas = [0.6, 0.9];
+    let loss = |own: &[bool]| trainer.models.loss_terms(&x0, &captions, &noise, &sigmas, None, 0.0, &[], own).unwrap().mean(0.0).unwrap();
+    let value = |own: &[bool]| loss(own).to_scalar::<f32>().unwrap();
+    assert_eq!(value(&[false, false]), value(&[]));
+    assert_ne!(value(&[true, false]), value(&[]));
+    assert_ne!(value(&[true, true]), value(&[true, false]));
+    let grads = loss(&[true, true]).backward().unwrap();
     for p in trainer.params() {
         assert!(grads.get(p.var.as_tensor()).is_some(), "`{}` got no gradient", p.name);
     }

@@ -256,6 +256,17 @@ fn bad_input_is_one_clear_line() {
         ciak(&d, &["train", "dit", "--config", "badimages.json", "--latents", "x", "--vae", "y", "--out", "a"]),
         "expected image_steps.share in (0, 1], got 2",
     );
+    let mut bad_own = tiny_dit();
+    bad_own["own_start"] = serde_json::json!({"share": 0.5, "min_sigma": 1});
+    write(&d.join("badown.json"), &bad_own);
+    fails(
+        ciak(&d, &["train", "dit", "--config", "badown.json", "--latents", "x", "--vae", "y", "--out", "a"]),
+        "expected own_start.min_sigma in (0, 1), got 1",
+    );
+    let mut bad_layout = tiny_dit();
+    bad_layout["latents"] = serde_json::json!({"clips": 4, "seed": 1, "background_spread": 3});
+    write(&d.join("badlayout.json"), &bad_layout);
+    fails(ciak(&d, &["train", "dit", "--config", "badlayout.json", "--latents", "x", "--vae", "y", "--out", "a"]), "background_spread");
     fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
     // --device: an unknown name, and CUDA in a build without it
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--device", "gpu"]), "expected --device cpu or cuda, got `gpu`");

@@ -12,7 +12,7 @@
 use super::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint};
 use super::export::{export_pipeline, ExportSpec};
 use super::flow::{
-    condition_first_frames, drop_captions, flow_batch, squared_error, temporal_error, weight_product, SigmaSampling, TermSum, TrainRng,
+    condition_first_frames, drop_captions, flow_batch, restart_from_own, squared_error, timestep_of, temporal_error, weight_product, SigmaSampling, TermSum, TrainRng,
 };
 use super::lossplot::{read_loss_csv, write_loss_plot, LossLog, LossRow};
 use super::optim::{clip_factor, current_tensors, grad_norm, sum_grads, AdamW, AdamWConfig, Ema, LrSchedule, Param};
@@ -275,6 +275,39 @@ pub struct DitTrainConfig {
     /// steps trains on single frames instead of clips. `None`: clips only.
     #[serde(default)]
     pub image_steps: Option<ImageSteps>,
+    /// Samples started from the model's own sigma-1 answer instead of the clip
+    /// ([`super::flow::restart_from_own`]). `None`: every input is the clip noised.
+    #[serde(default)]
+    pub own_start: Option<OwnStart>,
+}
+
+/// Training on the states the sampler hands on. The clip's own noised states still show its
+/// outline down to sigma 0.8 or so, so a model trained only on them learns to keep what its input
+/// shows and to take the rest from the caption only near sigma 1, where the best answer is the
+/// caption's mean clip: a blob of the right colour where the object goes. The sampler's later
+/// states hold that blob, and the model keeps it (docs/training.md, "Session of 2026-11-29
+/// (fifth)"). A share of the samples at sigma in `[min_sigma, 1)` starts instead from the model's
+/// own sigma-1 answer (one forward pass more, without gradients) and trains toward the clip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnStart {
+    /// Chance that a sample in the range starts from the model's answer, in (0, 1].
+    pub share: f64,
+    /// Lowest noise level that does, in (0, 1): below it the target, which undoes the whole
+    /// difference between the answer and the clip in the remaining `sigma`, grows as 1 / sigma.
+    pub min_sigma: f64,
+}
+
+impl OwnStart {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.share > 0.0 && self.share <= 1.0) {
+            return Err(format!("expected own_start.share in (0, 1], got {}", self.share));
+        }
+        if !(self.min_sigma > 0.0 && self.min_sigma < 1.0) {
+            return Err(format!("expected own_start.min_sigma in (0, 1), got {}", self.min_sigma));
+        }
+        Ok(())
+    }
 }
 
 /// Steps on single frames: each is the first latent frame of cached clips. The causal VAE encodes
@@ -353,6 +386,7 @@ impl DitTrainConfig {
             vae: None,
             init_from: None,
             image_steps: None,
+            own_start: None,
         }
     }
 
@@ -439,6 +473,9 @@ impl DitTrainConfig {
         }
         if let Some(images) = &self.image_steps {
             images.validate(t.patch_size[0])?;
+        }
+        if let Some(own) = &self.own_start {
+            own.validate()?;
         }
         Ok(())
     }
@@ -717,8 +754,22 @@ impl DitModels {
         weights: Option<&Tensor>,
         temporal_weight: f64,
         clean_first: &[bool],
+        own_start: &[bool],
     ) -> Result<LossTerms> {
+        let context = self.encode_text(captions)?;
+        // a frozen encoder needs no backward pass through it
+        let context = if self.text_frozen { context.detach() } else { context };
         let fb = flow_batch(latents, noise, sigmas)?;
+        let fb = if own_start.iter().any(|&o| o) {
+            let picked: Vec<u32> = (0..own_start.len() as u32).filter(|&i| own_start[i as usize]).collect();
+            let picked = Tensor::new(picked.as_slice(), latents.device())?;
+            let pure = noise.index_select(&picked, 0)?;
+            let t1 = Tensor::full(timestep_of(1.0), pure.dim(0)?, latents.device())?;
+            let velocity = self.transformer.forward(&pure, &t1, &context.index_select(&picked, 0)?.detach(), None)?.detach();
+            restart_from_own(fb, latents, noise, sigmas, own_start, &(pure - velocity)?)?
+        } else {
+            fb
+        };
         let (fb, frame_mask) = if clean_first.is_empty() {
             (fb, None)
         } else {
@@ -728,9 +779,6 @@ impl DitModels {
         };
         // the main term leaves the clean frames out
         let main_weights = weight_product(weights.cloned(), frame_mask.clone())?;
-        let context = self.encode_text(captions)?;
-        // a frozen encoder needs no backward pass through it
-        let context = if self.text_frozen { context.detach() } else { context };
         let pred = self.transformer.forward(&fb.noisy, &fb.timesteps, &context, None)?;
         let main = squared_error(&pred, &fb.target, main_weights.as_ref())?;
         let motion = if temporal_weight == 0.0 {
@@ -1094,7 +1142,18 @@ impl DitTrainer {
             } else {
                 Vec::new()
             };
-            inputs.push((captions, sigmas, noise, weights, clean_first));
+            // drawn only when asked for, like the flags above
+            let own_start: Vec<bool> = match &self.cfg.own_start {
+                Some(own) => sigmas
+                    .iter()
+                    .map(|&s| {
+                        let draw = self.rng.uniform();
+                        f64::from(s) >= own.min_sigma && s < 1.0 && draw < own.share
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            inputs.push((captions, sigmas, noise, weights, clean_first, own_start));
         }
         mark("noise")?;
         // each group split into up to `micro_batches` parts, run side by side; each part's loss
@@ -1107,7 +1166,7 @@ impl DitTrainer {
         let (models, temporal_weight) = (&self.models, self.cfg.temporal_weight);
         let side_by_side = self.params[0].var.device().is_cpu();
         let terms: Vec<LossTerms> = map_items(&parts, side_by_side, |&(g, s, n)| {
-            let (captions, sigmas, noise, weights, clean_first) = &inputs[g];
+            let (captions, sigmas, noise, weights, clean_first, own_start) = &inputs[g];
             let part = |t: &Tensor| t.narrow(0, s, n);
             models.loss_terms(
                 &part(&groups[g].latents)?,
@@ -1117,6 +1176,7 @@ impl DitTrainer {
                 weights.as_ref().map(part).transpose()?.as_ref(),
                 temporal_weight,
                 clean_first.get(s..s + n).unwrap_or_default(),
+                own_start.get(s..s + n).unwrap_or_default(),
             )
         })
         .into_iter()

@@ -137,6 +137,50 @@ pub fn flow_batch(x0: &Tensor, noise: &Tensor, sigmas: &[f32]) -> Result<FlowBat
     Ok(FlowBatch { noisy, target, timesteps })
 }
 
+/// Restarts the samples flagged in `own` from the model's own answer at sigma 1, as the sampler
+/// does: its first step turns pure noise into the caption's mean clip `x0_hat` (a blob where the
+/// object goes, with no outline), and every later state holds that answer, not the clip. A flagged
+/// sample's input becomes `(1 - sigma) * x0_hat + sigma * noise`, where one Euler step from sigma
+/// 1 with that answer lands, and its target the velocity that goes on from there to the clip,
+/// `(input - x0) / sigma`, so the model learns to finish what its first step left unsaid (a
+/// star's points, a spin) from the caption, instead of trusting its input the way the clip's own
+/// noised states let it. With `x0_hat = x0` this is the plain batch.
+///
+/// `x0_hat` holds the flagged samples only, in order ([N, ...], N = flags set); sigmas of flagged
+/// samples must be > 0.
+pub fn restart_from_own(fb: FlowBatch, x0: &Tensor, noise: &Tensor, sigmas: &[f32], own: &[bool], x0_hat: &Tensor) -> Result<FlowBatch> {
+    let b = x0.dim(0)?;
+    let flagged = own.iter().filter(|&&o| o).count();
+    if own.len() != b || sigmas.len() != b || x0_hat.dim(0)? != flagged {
+        return Err(super::TrainError::Data(format!(
+            "restart_from_own: expected {b} flags and sigmas and one prediction per flag, got {}, {} and {} for {flagged}",
+            own.len(),
+            sigmas.len(),
+            x0_hat.dim(0)?
+        )));
+    }
+    if let Some(bad) = own.iter().zip(sigmas).find(|(&o, &s)| o && s <= 0.0) {
+        return Err(super::TrainError::Data(format!("restart_from_own: expected sigma > 0 on a flagged sample, got {}", bad.1)));
+    }
+    let x0 = x0.to_dtype(DType::F32)?;
+    let x0_hat = x0_hat.to_dtype(DType::F32)?;
+    let (mut noisy, mut target) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    let mut k = 0;
+    for i in 0..b {
+        if own[i] {
+            let s = f64::from(sigmas[i]);
+            let input = ((x0_hat.narrow(0, k, 1)? * (1.0 - s))? + (noise.narrow(0, i, 1)? * s)?)?;
+            target.push(((&input - x0.narrow(0, i, 1)?)? / s)?);
+            noisy.push(input);
+            k += 1;
+        } else {
+            noisy.push(fb.noisy.narrow(0, i, 1)?);
+            target.push(fb.target.narrow(0, i, 1)?);
+        }
+    }
+    Ok(FlowBatch { noisy: Tensor::cat(&noisy, 0)?, target: Tensor::cat(&target, 0)?, timesteps: fb.timesteps })
+}
+
 /// First-frame conditioning, as image-to-video trains it (Wan2.2's TI2V): for each sample with
 /// `clean[b]`, latent frame 0 enters the model as it is (its clean latent) and its tokens get
 /// timestep 0, while the later frames keep the sample's noise level. The model learns to draw the
@@ -294,6 +338,43 @@ mod tests {
     /// The motion term as a mean.
     fn temporal_mse(pred: &Tensor, target: &Tensor, sigmas: &[f32], w: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
         temporal_error(pred, target, sigmas, w, mask)?.map(|t| t.mean()).transpose()
+    }
+
+    /// Flagged samples start where one Euler step from sigma 1 with the given answer lands and aim
+    /// at the clip from there; the others keep the plain batch; the clip itself as the answer is
+    /// the plain batch.
+    #[test]
+    fn restart_from_own_answer() -> Result<()> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::new(&[[1f32, -2.0], [0.5, 3.0], [2.0, 2.0]], &dev)?;
+        let noise = Tensor::new(&[[0.3f32, 0.1], [-1.0, 0.4], [0.0, -0.5]], &dev)?;
+        let sigmas = [0.5f32, 0.8, 0.25];
+        let plain = flow_batch(&x0, &noise, &sigmas)?;
+        let blob = Tensor::new(&[[0f32, 1.0], [4.0, -4.0]], &dev)?;
+        let own = [true, false, true];
+        let fb = restart_from_own(plain.clone(), &x0, &noise, &sigmas, &own, &blob)?;
+        let (noisy, target) = (fb.noisy.to_vec2::<f32>()?, fb.target.to_vec2::<f32>()?);
+        let close = |a: f32, b: f32| assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        // sample 0 at sigma 0.5 from (0, 1): input (0.15, 0.55), target (input - x0) / 0.5
+        close(noisy[0][0], 0.15);
+        close(noisy[0][1], 0.55);
+        close(target[0][0], (0.15 - 1.0) / 0.5);
+        close(target[0][1], (0.55 + 2.0) / 0.5);
+        // sample 1 is not flagged
+        assert_eq!(noisy[1], plain.noisy.to_vec2::<f32>()?[1]);
+        assert_eq!(target[1], plain.target.to_vec2::<f32>()?[1]);
+        // sample 2 takes the second answer
+        close(noisy[2][0], 0.75 * 4.0);
+        close(target[2][1], (0.75 * -4.0 + 0.25 * -0.5 - 2.0) / 0.25);
+        // the clip as the answer gives the plain batch back
+        let same = restart_from_own(plain.clone(), &x0, &noise, &sigmas, &[true, true, true], &x0)?;
+        for (a, b) in same.target.flatten_all()?.to_vec1::<f32>()?.iter().zip(plain.target.flatten_all()?.to_vec1::<f32>()?) {
+            close(*a, b);
+        }
+        // one answer per flag, and no flag at sigma 0
+        assert!(restart_from_own(plain.clone(), &x0, &noise, &sigmas, &own, &x0).is_err());
+        assert!(restart_from_own(plain, &x0, &noise, &[0.0, 0.8, 0.25], &own, &blob).is_err());
+        Ok(())
     }
 
     /// The threaded draw gives the serial stream's numbers and leaves the state where the serial
