@@ -14,13 +14,17 @@
 //! `denoise_probe` shows the DiT restoring shapes from noised clips up to sigma 0.6-0.8; this
 //! asks whether the caption alone tells it which shape to draw.
 //!
+//! A third row samples: the first latent frame of the same noise drawn alone as an image (12
+//! steps, guidance G, the pipeline's sampler), decoded and compared the same way; what the
+//! sampler makes of the sigma-1 answer over its steps.
+//!
 //!   cargo run --release -p ciak-train --example shape_probe -- MODEL_DIR WORLD_JSON [SCENES [GUIDANCE [OUT_DIR]]]
 //!
 //! OUT_DIR: also writes `scene-<i>.png` per scene, the four renders' first frames on top and the
 //! four guided x0 frames below.
-use candle_core::Device;
+use candle_core::{Device, IndexOp};
 use ciak_engine::model_dir::WanModelDir;
-use ciak_engine::pipeline::{LoadOptions, WanPipeline};
+use ciak_engine::pipeline::{GenerateRequest, LoadOptions, WanPipeline};
 use ciak_train::preview::write_png;
 use ciak_train::train::flow::TrainRng;
 use ciak_train::train::vae::eval_scene_in;
@@ -46,8 +50,8 @@ fn main() {
     let dev = Device::Cpu;
     let pipe = WanPipeline::load(&WanModelDir::open(std::path::Path::new(&dir)).unwrap(), &LoadOptions::default()).unwrap();
     let uncond = pipe.text_encoder.encode(&[String::new()]).unwrap().prompt_embeds;
-    // [caption alone, guided] x shape: (right, margin sum, count)
-    let mut sums = [[(0usize, 0f64, 0usize); 4]; 2];
+    // [caption alone, guided, sampled] x shape: (right, margin sum, count)
+    let mut sums = [[(0usize, 0f64, 0usize); 4]; 3];
     for i in 0..scenes {
         let scene = eval_scene_in(1, i, &world);
         if scene.objects.len() != 1 {
@@ -81,7 +85,8 @@ fn main() {
         for (k, variant) in variants.iter().enumerate() {
             let ctx = pipe.text_encoder.encode(&[canonical_caption(variant)]).unwrap().prompt_embeds;
             let [alone, guided] = sigma1_first_frames(&pipe, &noise, &ctx, &uncond, guidance);
-            for (g, img) in [&alone, &guided].into_iter().enumerate() {
+            let sampled = sampled_first_frame(&pipe, &noise, canonical_caption(variant), guidance, w, h);
+            for (g, img) in [&alone, &guided, &sampled].into_iter().enumerate() {
                 let d: Vec<f64> = renders.iter().map(|r| dist(img, r)).collect();
                 let nearest = (0..4).min_by(|&a, &b| d[a].total_cmp(&d[b])).unwrap();
                 let others = (d.iter().sum::<f64>() - d[k]) / 3.0;
@@ -107,7 +112,8 @@ fn main() {
         }
     }
     println!("x0 at sigma 1, first frame, nearest of the four renders (shape right / mean margin):");
-    for (g, what) in ["caption alone".to_string(), format!("guidance {guidance}")].iter().enumerate() {
+    println!("(the last row: the first latent frame sampled as an image, {SAMPLE_STEPS} steps, guidance {guidance})");
+    for (g, what) in ["caption alone".to_string(), format!("guidance {guidance}"), "sampled".to_string()].iter().enumerate() {
         let cells: Vec<String> = Shape::ALL
             .iter()
             .zip(sums[g])
@@ -116,6 +122,18 @@ fn main() {
         let (r, m, n) = sums[g].iter().fold((0, 0.0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
         println!("{what:<14} all {:.1}% / {:.3}   {}", 100.0 * r as f64 / n.max(1) as f64, m / n.max(1) as f64, cells.join("  "));
     }
+}
+
+/// Sampler steps of the sampled row (the built-in model's default).
+const SAMPLE_STEPS: usize = 12;
+
+/// The first latent frame of `noise` sampled alone as an image with `caption`, decoded to RGB8.
+fn sampled_first_frame(pipe: &WanPipeline, noise: &candle_core::Tensor, caption: String, guidance: f64, w: usize, h: usize) -> Vec<u8> {
+    let mut req = GenerateRequest::new(caption);
+    (req.width, req.height, req.frames, req.steps, req.guidance) = (w, h, 1, SAMPLE_STEPS, guidance);
+    let out = pipe.generate_from_latents(&req, noise.narrow(2, 0, 1).unwrap(), &mut |_| {}, None).unwrap();
+    let f = out.frames.i(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    f.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
 }
 
 /// The first frame of a rendered clip's pixels.
