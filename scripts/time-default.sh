@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Times the default clip: `ciak generate "PROMPT"` with no other flag (the built-in model and its
-# defaults: 224x128, 25 frames at 12 fps, 20 steps with guidance), as a whole process, model load
+# defaults: 224x128, 25 frames at 12 fps, 12 steps with guidance 3), as a whole process, model load
 # and MP4 writing included. One warm-up run first (it extracts the built-in model into the cache
 # once, as a user's first run does), then RUNS counted runs; prints each run, the median, and the
 # per-stage median from the recipe sidecars.
