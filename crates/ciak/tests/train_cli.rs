@@ -133,7 +133,7 @@ fn vae_latents_dit_stages_pause_resume_export_and_generate() {
 
     // joint image training: image steps say so in the progress line
     let mut img = tiny_dit();
-    img["image_steps"] = serde_json::json!({"share": 1.0, "batches": 2});
+    img["image_steps"] = json!({"share": 1.0, "batches": 2});
     write(&d.join("img.json"), &img);
     let out = ok(ciak(&d, &["train", "dit", "--config", "img.json", "--latents", "run/lat", "--vae", "run/vae/vae", "--out", "run/img", "--stop-at", "1", "--log-every", "1"]));
     assert!(out.contains("dit: step 1/3") && out.contains("images/s") && !out.contains("clips/s"), "{out}");
@@ -164,7 +164,7 @@ fn train_all_runs_the_stages_and_resume_skips_finished_ones() {
     assert_eq!(cache["config"]["sampler"]["placement_spread"], 0.5);
     assert_eq!(cache["config"]["sampler"]["amount_spread"], 0.0);
     // ... and the world it names: two objects in every clip, the other settings the world's defaults
-    assert_eq!(cache["config"]["sampler"]["object_count_weights"], serde_json::json!([0.0, 1.0, 0.0]));
+    assert_eq!(cache["config"]["sampler"]["object_count_weights"], json!([0.0, 1.0, 0.0]));
     assert_eq!(cache["config"]["sampler"]["frames"], 25);
     let mut clips = 0;
     for entry in std::fs::read_dir(d.join("run/latents")).unwrap().flatten() {
@@ -199,7 +199,7 @@ fn bad_input_is_one_clear_line() {
     fails(ciak(&d, &["train", "dit", "--config", "broken.json", "--latents", "x", "--vae", "y", "--out", "a"]), "bad JSON");
     fails(ciak(&d, &["train", "dit", "--config", "nogen.json", "--latents", "x", "--vae", "y", "--out", "a"]), "generation.fps");
     let mut bad_sizes = tiny_dit();
-    bad_sizes["generation"]["sizes"] = serde_json::json!([[50, 48]]);
+    bad_sizes["generation"]["sizes"] = json!([[50, 48]]);
     write(&d.join("badsizes.json"), &bad_sizes);
     fails(ciak(&d, &["train", "dit", "--config", "badsizes.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected generation.sizes as nonzero multiples of 16, got 50x48");
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--stop-at", "0"]), "expected --stop-at of at least 1, got 0");
@@ -233,40 +233,27 @@ fn bad_input_is_one_clear_line() {
     );
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--world", "typo.json", "--out", "a"]), "unknown field `object_counts`");
     fails(ciak(&d, &["train", "latents", "--vae", ".", "--count", "2", "--world", "nowhere.json", "--out", "a"]), "reading the world settings nowhere.json");
-    let mut bad_world = tiny_dit();
-    bad_world["latents"] = serde_json::json!({"clips": 4, "seed": 1, "background_weights": [1, 0, 0]});
-    write(&d.join("badworld.json"), &bad_world);
-    fails(ciak(&d, &["train", "dit", "--config", "badworld.json", "--latents", "x", "--vae", "y", "--out", "a"]), "background_weights");
-    let mut no_seed = tiny_dit();
-    no_seed["latents"] = serde_json::json!({"clips": 4});
-    write(&d.join("noseed.json"), &no_seed);
-    fails(ciak(&d, &["train", "dit", "--config", "noseed.json", "--latents", "x", "--vae", "y", "--out", "a"]), "expected `latents` as");
-    let mut bad_amount = tiny_dit();
-    bad_amount["latents"] = serde_json::json!({"clips": 4, "seed": 1, "amount_spread": 2});
-    write(&d.join("badamount.json"), &bad_amount);
-    fails(ciak(&d, &["train", "dit", "--config", "badamount.json", "--latents", "x", "--vae", "y", "--out", "a"]), "amount_spread");
-    let mut bad_spread = tiny_dit();
-    bad_spread["latents"] = serde_json::json!({"clips": 4, "seed": 1, "placement_spread": -1});
-    write(&d.join("badspread.json"), &bad_spread);
-    fails(ciak(&d, &["train", "dit", "--config", "badspread.json", "--latents", "x", "--vae", "y", "--out", "a"]), "placement_spread");
-    let mut bad_images = tiny_dit();
-    bad_images["image_steps"] = serde_json::json!({"share": 2, "batches": 6});
-    write(&d.join("badimages.json"), &bad_images);
-    fails(
-        ciak(&d, &["train", "dit", "--config", "badimages.json", "--latents", "x", "--vae", "y", "--out", "a"]),
-        "expected image_steps.share in (0, 1], got 2",
-    );
-    let mut bad_own = tiny_dit();
-    bad_own["own_start"] = serde_json::json!({"share": 0.5, "min_sigma": 1});
-    write(&d.join("badown.json"), &bad_own);
-    fails(
-        ciak(&d, &["train", "dit", "--config", "badown.json", "--latents", "x", "--vae", "y", "--out", "a"]),
-        "expected own_start.min_sigma in (0, 1), got 1",
-    );
-    let mut bad_layout = tiny_dit();
-    bad_layout["latents"] = serde_json::json!({"clips": 4, "seed": 1, "background_spread": 3});
-    write(&d.join("badlayout.json"), &bad_layout);
-    fails(ciak(&d, &["train", "dit", "--config", "badlayout.json", "--latents", "x", "--vae", "y", "--out", "a"]), "background_spread");
+    // DiT configs with one bad key: the error names the key and what it expected
+    let latents = |extra: Value| {
+        let mut l = json!({"clips": 4, "seed": 1});
+        l.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        l
+    };
+    for (name, key, value, want) in [
+        ("badworld", "latents", latents(json!({"background_weights": [1, 0, 0]})), "background_weights"),
+        ("noseed", "latents", json!({"clips": 4}), "expected `latents` as"),
+        ("badamount", "latents", latents(json!({"amount_spread": 2})), "amount_spread"),
+        ("badspread", "latents", latents(json!({"placement_spread": -1})), "placement_spread"),
+        ("badlayout", "latents", latents(json!({"background_spread": 3})), "background_spread"),
+        ("badimages", "image_steps", json!({"share": 2, "batches": 6}), "expected image_steps.share in (0, 1], got 2"),
+        ("badown", "own_start", json!({"share": 0.5, "min_sigma": 1}), "expected own_start.min_sigma in (0, 1), got 1"),
+    ] {
+        let mut cfg = tiny_dit();
+        cfg[key] = value;
+        let file = format!("{name}.json");
+        write(&d.join(&file), &cfg);
+        fails(ciak(&d, &["train", "dit", "--config", &file, "--latents", "x", "--vae", "y", "--out", "a"]), want);
+    }
     fails(ciak(&d, &["train", "all", "--out", "a", "--vae-config", "missing.json"]), "missing.json");
     // --device: an unknown name, and CUDA in a build without it
     fails(ciak(&d, &["train", "vae", "--config", "vae.json", "--out", "a", "--device", "gpu"]), "expected --device cpu or cuda, got `gpu`");
