@@ -22,9 +22,10 @@
 //!
 //! OUT_DIR: also writes `scene-<i>.png` per scene, the four renders' first frames on top and the
 //! four guided x0 frames below.
-use candle_core::{Device, IndexOp};
+use candle_core::Device;
 use ciak_engine::model_dir::WanModelDir;
 use ciak_engine::pipeline::{GenerateRequest, LoadOptions, WanPipeline};
+use ciak_engine::video::VideoFrames;
 use ciak_train::preview::write_png;
 use ciak_train::train::flow::TrainRng;
 use ciak_train::train::vae::eval_scene_in;
@@ -132,8 +133,7 @@ fn sampled_first_frame(pipe: &WanPipeline, noise: &candle_core::Tensor, caption:
     let mut req = GenerateRequest::new(caption);
     (req.width, req.height, req.frames, req.steps, req.guidance) = (w, h, 1, SAMPLE_STEPS, guidance);
     let out = pipe.generate_from_latents(&req, noise.narrow(2, 0, 1).unwrap(), &mut |_| {}, None).unwrap();
-    let f = out.frames.i(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    f.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
+    VideoFrames::from_tensor(&out.frames).unwrap().frames()[0].data.clone()
 }
 
 /// The first frame of a rendered clip's pixels.

@@ -171,9 +171,17 @@ fn vae_gradients_and_fused_path_agree() {
     assert_all_gradients("vae", &map, &loss);
 }
 
-/// A tiny trainer after one step on `frames`-frame synthetic clips of two captions, and a random
-/// stream for test inputs.
-fn trainer_after_one_step(frames: usize) -> (tempfile::TempDir, DitTrainer, Vec<String>, TrainRng) {
+/// Test inputs for the trainer: two clips of `frames` latent frames and their noise, and the
+/// random stream they came from, for more draws.
+struct Inputs {
+    x0: Tensor,
+    noise: Tensor,
+    rng: TrainRng,
+}
+
+/// A tiny trainer after one step on `frames`-frame synthetic clips of two captions, and inputs of
+/// that shape.
+fn trainer_after_one_step(frames: usize) -> (tempfile::TempDir, DitTrainer, Vec<String>, Inputs) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::tiny_config(support::write_tokenizer(dir.path()));
     let dev = Device::Cpu;
@@ -181,7 +189,10 @@ fn trainer_after_one_step(frames: usize) -> (tempfile::TempDir, DitTrainer, Vec<
     let captions = support::captions(2);
     let mut source = ciak_train::train::dit::SyntheticLatents::new(1, [16, frames, 4, 4], captions.clone(), &dev).unwrap();
     trainer.train_step(&mut source).unwrap();
-    (dir, trainer, captions, TrainRng::new(8))
+    let mut rng = TrainRng::new(8);
+    let x0 = rng.gaussian(&[2, 16, frames, 4, 4], &dev).unwrap();
+    let noise = rng.gaussian(&[2, 16, frames, 4, 4], &dev).unwrap();
+    (dir, trainer, captions, Inputs { x0, noise, rng })
 }
 
 /// The trainer's own init zeroes the output head (as Wan does), so only the head learns on the
@@ -189,10 +200,7 @@ fn trainer_after_one_step(frames: usize) -> (tempfile::TempDir, DitTrainer, Vec<
 /// the motion term of `temporal_weight`).
 #[test]
 fn trainer_loss_reaches_every_parameter_after_one_step() {
-    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(2);
-    let dev = Device::Cpu;
-    let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
-    let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
+    let (_dir, trainer, captions, Inputs { x0, noise, .. }) = trainer_after_one_step(2);
     // with the motion term on (two latent frames), which adds to the plain loss
     let loss = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.5, &[], &[]).unwrap().mean(0.5).unwrap();
     let plain = trainer.models.loss_terms(&x0, &captions, &noise, &[0.3, 0.9], None, 0.0, &[], &[]).unwrap().mean(0.0).unwrap();
@@ -211,10 +219,8 @@ fn trainer_loss_reaches_every_parameter_after_one_step() {
 /// model's input nor the loss; without it, it does. Gradients still reach every parameter.
 #[test]
 fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
-    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(3);
+    let (_dir, trainer, captions, Inputs { x0, noise, mut rng }) = trainer_after_one_step(3);
     let dev = Device::Cpu;
-    let x0 = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
-    let noise = rng.gaussian(&[2, 16, 3, 4, 4], &dev).unwrap();
     let other_first = rng.gaussian(&[2, 16, 1, 4, 4], &dev).unwrap();
     let noise2 = Tensor::cat(&[&other_first, &noise.narrow(2, 1, 2).unwrap()], 2).unwrap();
     let loss = |noise: &Tensor, clean: &[bool]| {
@@ -236,10 +242,7 @@ fn clean_first_frame_takes_frame_zero_out_of_the_loss() {
 /// through, and every parameter still gets a gradient; an unflagged sample is the plain loss.
 #[test]
 fn own_start_trains_from_the_models_answer() {
-    let (_dir, trainer, captions, mut rng) = trainer_after_one_step(2);
-    let dev = Device::Cpu;
-    let x0 = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
-    let noise = rng.gaussian(&[2, 16, 2, 4, 4], &dev).unwrap();
+    let (_dir, trainer, captions, Inputs { x0, noise, .. }) = trainer_after_one_step(2);
     let sigmas = [0.6, 0.9];
     let loss = |own: &[bool]| trainer.models.loss_terms(&x0, &captions, &noise, &sigmas, None, 0.0, &[], own).unwrap().mean(0.0).unwrap();
     let value = |own: &[bool]| loss(own).to_scalar::<f32>().unwrap();
