@@ -37,6 +37,12 @@
 #  14. the same cache grown to 2000 clips (the first 1000 kept)                          10 min
 #  15. DiT from stage 13's model, train/dit-x4r13.json: 1000 steps at lr 4e-4 (shipped
 #      2026-11-29, fourth session)                                       1 h 25 min, 1 thread
+#  16. latent cache of 2000 clips of train/world-single-edges-pinned.json (the horizon and the
+#      checkerboard cell pinned) with stage 11's VAE                     26 min, 1 thread beside a run
+#  17. DiT from stage 15's model, train/dit-x4r15.json: 1000 steps on stage 16's cache   42 min
+#  18. the same cache grown to 4000 clips (the first 2000 kept)                           24 min
+#  19. DiT from stage 17's model, train/dit-x4r17.json: 1600 steps at lr 3e-4 (shipped
+#      2026-11-29, sixth session)                                       1 h 6 min, 2 threads
 # Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
 # FEATURES=cuda; scripts/gpu-train.sh runs them on the lent GPU machine, which has no Rust), about
 # a day on the 2-core build machine (0.76 clips/s at 2 threads).
@@ -172,8 +178,24 @@ if [[ -f "$OUT/dit6/checkpoint/state.json" ]]; then init=(); else init=(--init-f
 run_stage "$OUT/dit6" "$(config_steps train/dit-x4r13.json)" "$OUT/dit6/model/ciak.json" "$ciak" train dit \
     --config train/dit-x4r13.json "${init[@]}" --latents "$OUT/latents-scenes2k" --vae "$OUT/vae-all/vae" --out "$OUT/dit6"
 
+# 16-17: the world with its background layouts pinned, and the DiT on it
+cache "$OUT/latents-pinned" --vae "$OUT/vae-all/vae" --count 2000 --seed 4 --world train/world-single-edges-pinned.json
+if [[ -f "$OUT/dit7/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit6/model"); fi
+run_stage "$OUT/dit7" "$(config_steps train/dit-x4r15.json)" "$OUT/dit7/model/ciak.json" "$ciak" train dit \
+    --config train/dit-x4r15.json "${init[@]}" --latents "$OUT/latents-pinned" --vae "$OUT/vae-all/vae" --out "$OUT/dit7"
+
+# 18-19: twice the clips (a copy grown, as in stage 14), then 1600 more steps
+if [[ ! -f "$OUT/latents-pinned4k/cache.json" ]]; then
+    rm -rf "$OUT/latents-pinned4k.new" && cp -r "$OUT/latents-pinned" "$OUT/latents-pinned4k.new"
+    cache "$OUT/latents-pinned4k.new" --vae "$OUT/vae-all/vae" --count 4000 --seed 4 --world train/world-single-edges-pinned.json
+    mv "$OUT/latents-pinned4k.new" "$OUT/latents-pinned4k"
+fi
+if [[ -f "$OUT/dit8/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit7/model"); fi
+run_stage "$OUT/dit8" "$(config_steps train/dit-x4r17.json)" "$OUT/dit8/model/ciak.json" "$ciak" train dit \
+    --config train/dit-x4r17.json "${init[@]}" --latents "$OUT/latents-pinned4k" --vae "$OUT/vae-all/vae" --out "$OUT/dit8"
+
 # swap the folder in whole
-MODEL="$OUT/dit6/model"
+MODEL="$OUT/dit8/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 rm -rf models/builtin.new
 mkdir -p models
