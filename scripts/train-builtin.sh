@@ -161,38 +161,43 @@ fi
 run_stage "$OUT/vae-all" "$(config_steps train/vae-x4f8-all.json)" "$OUT/vae-all/vae/config.json" "$ciak" train vae \
     --config train/vae-x4f8-all.json --init-from "$OUT/vae-d2/vae" --out "$OUT/vae-all"
 
+# dit_stage DIR CONFIG FROM LATENTS: a DiT run on LATENTS in stage 11's latent space, started
+# from the model folder FROM (a stage that has a checkpoint resumes it instead)
+dit_stage() {
+    local dir=$1 config=$2 from=$3 latents=$4 init=()
+    [[ -f "$dir/checkpoint/state.json" ]] || init=(--init-from "$from")
+    run_stage "$dir" "$(config_steps "$config")" "$dir/model/ciak.json" "$ciak" train dit \
+        --config "$config" "${init[@]}" --latents "$latents" --vae "$OUT/vae-all/vae" --out "$dir"
+}
+
+# grown_cache FROM TO CACHE-ARGS...: a copy of the cache FROM grown into TO, so FROM stays as the
+# stage before saw it
+grown_cache() {
+    local from=$1 to=$2
+    shift 2
+    [[ -f "$to/cache.json" ]] && return
+    rm -rf "$to.new" && cp -r "$from" "$to.new"
+    cache "$to.new" "$@"
+    mv "$to.new" "$to"
+}
+
 # 12-13: the scenes world in that latent space, and the DiT on it with coordinate channels
 cache "$OUT/latents-scenes" --vae "$OUT/vae-all/vae" --count 1000 --seed 2 --world train/world-single-edges-scenes.json
-if [[ -f "$OUT/dit5/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/model10"); fi
-run_stage "$OUT/dit5" "$(config_steps train/dit-x4r11.json)" "$OUT/dit5/model/ciak.json" "$ciak" train dit \
-    --config train/dit-x4r11.json "${init[@]}" --latents "$OUT/latents-scenes" --vae "$OUT/vae-all/vae" --out "$OUT/dit5"
+dit_stage "$OUT/dit5" train/dit-x4r11.json "$OUT/model10" "$OUT/latents-scenes"
 
-# 14-15: twice the clips (a copy grown, so stage 12's cache stays as stage 13 saw it), then more
-# scene steps at a higher rate
-if [[ ! -f "$OUT/latents-scenes2k/cache.json" ]]; then
-    rm -rf "$OUT/latents-scenes2k.new" && cp -r "$OUT/latents-scenes" "$OUT/latents-scenes2k.new"
-    cache "$OUT/latents-scenes2k.new" --vae "$OUT/vae-all/vae" --count 2000 --seed 2 --world train/world-single-edges-scenes.json
-    mv "$OUT/latents-scenes2k.new" "$OUT/latents-scenes2k"
-fi
-if [[ -f "$OUT/dit6/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit5/model"); fi
-run_stage "$OUT/dit6" "$(config_steps train/dit-x4r13.json)" "$OUT/dit6/model/ciak.json" "$ciak" train dit \
-    --config train/dit-x4r13.json "${init[@]}" --latents "$OUT/latents-scenes2k" --vae "$OUT/vae-all/vae" --out "$OUT/dit6"
+# 14-15: twice the clips, then more scene steps at a higher rate
+grown_cache "$OUT/latents-scenes" "$OUT/latents-scenes2k" --vae "$OUT/vae-all/vae" --count 2000 --seed 2 \
+    --world train/world-single-edges-scenes.json
+dit_stage "$OUT/dit6" train/dit-x4r13.json "$OUT/dit5/model" "$OUT/latents-scenes2k"
 
 # 16-17: the world with its background layouts pinned, and the DiT on it
 cache "$OUT/latents-pinned" --vae "$OUT/vae-all/vae" --count 2000 --seed 4 --world train/world-single-edges-pinned.json
-if [[ -f "$OUT/dit7/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit6/model"); fi
-run_stage "$OUT/dit7" "$(config_steps train/dit-x4r15.json)" "$OUT/dit7/model/ciak.json" "$ciak" train dit \
-    --config train/dit-x4r15.json "${init[@]}" --latents "$OUT/latents-pinned" --vae "$OUT/vae-all/vae" --out "$OUT/dit7"
+dit_stage "$OUT/dit7" train/dit-x4r15.json "$OUT/dit6/model" "$OUT/latents-pinned"
 
-# 18-19: twice the clips (a copy grown, as in stage 14), then 1600 more steps
-if [[ ! -f "$OUT/latents-pinned4k/cache.json" ]]; then
-    rm -rf "$OUT/latents-pinned4k.new" && cp -r "$OUT/latents-pinned" "$OUT/latents-pinned4k.new"
-    cache "$OUT/latents-pinned4k.new" --vae "$OUT/vae-all/vae" --count 4000 --seed 4 --world train/world-single-edges-pinned.json
-    mv "$OUT/latents-pinned4k.new" "$OUT/latents-pinned4k"
-fi
-if [[ -f "$OUT/dit8/checkpoint/state.json" ]]; then init=(); else init=(--init-from "$OUT/dit7/model"); fi
-run_stage "$OUT/dit8" "$(config_steps train/dit-x4r17.json)" "$OUT/dit8/model/ciak.json" "$ciak" train dit \
-    --config train/dit-x4r17.json "${init[@]}" --latents "$OUT/latents-pinned4k" --vae "$OUT/vae-all/vae" --out "$OUT/dit8"
+# 18-19: twice the clips, then 1600 more steps
+grown_cache "$OUT/latents-pinned" "$OUT/latents-pinned4k" --vae "$OUT/vae-all/vae" --count 4000 --seed 4 \
+    --world train/world-single-edges-pinned.json
+dit_stage "$OUT/dit8" train/dit-x4r17.json "$OUT/dit7/model" "$OUT/latents-pinned4k"
 
 # swap the folder in whole
 MODEL="$OUT/dit8/model"
