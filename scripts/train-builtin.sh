@@ -43,6 +43,10 @@
 #  18. the same cache grown to 4000 clips (the first 2000 kept)                           24 min
 #  19. DiT from stage 17's model, train/dit-x4r17.json: 1600 steps at lr 3e-4 (shipped
 #      2026-11-29, sixth session)                                       1 h 6 min, 2 threads
+#  20. the same cache grown to 6000 clips (the first 4000 kept)                      22.5 min
+#  21. DiT from stage 19's model, train/dit-x4r18.json: 1600 steps at lr 2e-4   1 h 3 min
+#  22. DiT from stage 21's model, train/dit-x4r19.json: 1000 steps at lr 2e-4, new batches
+#      (shipped 2026-11-29, seventh session)                            39 min, 2 threads
 # Stages 8 and 9 are 74,000 clips at batch 32: minutes on a GPU (DEVICE=cuda in a build with
 # FEATURES=cuda; scripts/gpu-train.sh runs them on the lent GPU machine, which has no Rust), about
 # a day on the 2-core build machine (0.76 clips/s at 2 threads).
@@ -199,8 +203,14 @@ grown_cache "$OUT/latents-pinned" "$OUT/latents-pinned4k" --vae "$OUT/vae-all/va
     --world train/world-single-edges-pinned.json
 dit_stage "$OUT/dit8" train/dit-x4r17.json "$OUT/dit7/model" "$OUT/latents-pinned4k"
 
+# 20-22: half as many clips again, then 2600 more steps in two runs
+grown_cache "$OUT/latents-pinned4k" "$OUT/latents-pinned6k" --vae "$OUT/vae-all/vae" --count 6000 --seed 4 \
+    --world train/world-single-edges-pinned.json
+dit_stage "$OUT/dit9" train/dit-x4r18.json "$OUT/dit8/model" "$OUT/latents-pinned6k"
+dit_stage "$OUT/dit10" train/dit-x4r19.json "$OUT/dit9/model" "$OUT/latents-pinned6k"
+
 # swap the folder in whole
-MODEL="$OUT/dit8/model"
+MODEL="$OUT/dit10/model"
 [[ -f "$MODEL/ciak.json" ]] || { echo "no exported model in $MODEL" >&2; exit 1; }
 rm -rf models/builtin.new
 mkdir -p models
