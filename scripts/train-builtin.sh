@@ -195,17 +195,16 @@ grown_cache "$OUT/latents-scenes" "$OUT/latents-scenes2k" --vae "$OUT/vae-all/va
 dit_stage "$OUT/dit6" train/dit-x4r13.json "$OUT/dit5/model" "$OUT/latents-scenes2k"
 
 # 16-17: the world with its background layouts pinned, and the DiT on it
-cache "$OUT/latents-pinned" --vae "$OUT/vae-all/vae" --count 2000 --seed 4 --world train/world-single-edges-pinned.json
+pinned=(--vae "$OUT/vae-all/vae" --seed 4 --world train/world-single-edges-pinned.json)
+cache "$OUT/latents-pinned" "${pinned[@]}" --count 2000
 dit_stage "$OUT/dit7" train/dit-x4r15.json "$OUT/dit6/model" "$OUT/latents-pinned"
 
 # 18-19: twice the clips, then 1600 more steps
-grown_cache "$OUT/latents-pinned" "$OUT/latents-pinned4k" --vae "$OUT/vae-all/vae" --count 4000 --seed 4 \
-    --world train/world-single-edges-pinned.json
+grown_cache "$OUT/latents-pinned" "$OUT/latents-pinned4k" "${pinned[@]}" --count 4000
 dit_stage "$OUT/dit8" train/dit-x4r17.json "$OUT/dit7/model" "$OUT/latents-pinned4k"
 
 # 20-22: half as many clips again, then 2600 more steps in two runs
-grown_cache "$OUT/latents-pinned4k" "$OUT/latents-pinned6k" --vae "$OUT/vae-all/vae" --count 6000 --seed 4 \
-    --world train/world-single-edges-pinned.json
+grown_cache "$OUT/latents-pinned4k" "$OUT/latents-pinned6k" "${pinned[@]}" --count 6000
 dit_stage "$OUT/dit9" train/dit-x4r18.json "$OUT/dit8/model" "$OUT/latents-pinned6k"
 dit_stage "$OUT/dit10" train/dit-x4r19.json "$OUT/dit9/model" "$OUT/latents-pinned6k"
 
